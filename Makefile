@@ -1,0 +1,36 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Each creates .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.splitedge-installed
+
+# torch and torchvision must be a matching pair; these are the pairs that install here.
+ifeq ($(shell uname -m),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install demo test protos clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, compressai, grpc, cv2, split, edge_server, mobile_client"
+	touch $@
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+protos: $(STAMP)
+	$(PY) protos/generate.py
+
+clean:
+	rm -rf demo-output .pytest_cache

@@ -1,0 +1,27 @@
+"""Learned bottlenecks and codecs: the only package that knows how tensors become bytes."""
+
+from bottlenecks.codecs import (
+    CODEC_NAMES,
+    CodecError,
+    EncodedTensor,
+    Float16Codec,
+    Float32Codec,
+    JpegCodec,
+    TensorCodec,
+    Uint8Codec,
+    get_codec,
+)
+from bottlenecks.modules import Bottleneck
+
+__all__ = [
+    "Bottleneck",
+    "CODEC_NAMES",
+    "CodecError",
+    "EncodedTensor",
+    "Float16Codec",
+    "Float32Codec",
+    "JpegCodec",
+    "TensorCodec",
+    "Uint8Codec",
+    "get_codec",
+]

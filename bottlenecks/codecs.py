@@ -1,0 +1,190 @@
+"""Tensor and image codecs: every codec turns a tensor into bytes and back, symmetrically.
+
+Why a dataclass and not a protobuf here: `bottlenecks` owns the *byte layout* of tensors
+(dtype, shape, quantization parameters) and nothing about the wire protocol. The protocol
+layer copies these fields into its own `Payload` message. `encode` and `decode` are exact
+inverses for the lossless codecs and bounded-error inverses for the lossy ones; each has a
+round-trip test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "CodecError",
+    "EncodedTensor",
+    "TensorCodec",
+    "Float32Codec",
+    "Float16Codec",
+    "Uint8Codec",
+    "JpegCodec",
+    "get_codec",
+    "CODEC_NAMES",
+]
+
+
+class CodecError(ValueError):
+    """Bytes that cannot be decoded as claimed (wrong length, wrong codec, corrupt image)."""
+
+
+@dataclass(frozen=True)
+class EncodedTensor:
+    """A tensor as bytes plus what is needed to read them back.
+
+    `zero_point` is a float: `x = (q - zero_point) * scale`. Keeping it unrounded is what
+    bounds the 8-bit error by half a quantization step over the whole [min, max] range.
+    """
+
+    codec: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+    scale: float = 1.0
+    zero_point: float = 0.0
+    meta: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+class TensorCodec:
+    """Base class: `encode(tensor) -> EncodedTensor`, `decode(EncodedTensor) -> tensor`."""
+
+    name: ClassVar[str] = ""
+    lossless: ClassVar[bool] = False
+
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        raise NotImplementedError
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _check(self, enc: EncodedTensor, itemsize: int) -> None:
+        if enc.codec != self.name:
+            raise CodecError(f"codec mismatch: payload is {enc.codec!r}, decoder is {self.name!r}")
+        expected = int(np.prod(enc.shape, dtype=np.int64)) * itemsize
+        if len(enc.data) != expected:
+            raise CodecError(
+                f"{self.name}: shape {list(enc.shape)} needs {expected} bytes, got {len(enc.data)}"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Float32Codec(TensorCodec):
+    """Lossless; the reference that a split without bottleneck must match bit for bit."""
+
+    name = "float32"
+    lossless = True
+
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        arr = x.detach().to(torch.float32).contiguous().cpu().numpy()
+        return EncodedTensor(self.name, "float32", tuple(arr.shape), arr.astype("<f4").tobytes())
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        self._check(enc, 4)
+        arr = np.frombuffer(enc.data, dtype="<f4").reshape(enc.shape)
+        return torch.from_numpy(arr.copy())
+
+
+class Float16Codec(TensorCodec):
+    """Half the bytes of float32 at ~1e-3 relative error: usually invisible to the tail."""
+
+    name = "float16"
+
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        arr = x.detach().to(torch.float16).contiguous().cpu().numpy()
+        return EncodedTensor(self.name, "float32", tuple(arr.shape), arr.astype("<f2").tobytes())
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        self._check(enc, 2)
+        arr = np.frombuffer(enc.data, dtype="<f2").reshape(enc.shape)
+        return torch.from_numpy(arr.astype(np.float32))
+
+
+class Uint8Codec(TensorCodec):
+    """Per-tensor min/max affine quantization to 8 bits, as hnd-ghnd does.
+
+    One scale and zero point per tensor (not per channel) keeps the side information to two
+    floats; a bottleneck is trained to have a compact range, so per-channel buys little.
+    """
+
+    name = "uint8"
+    levels: ClassVar[int] = 255
+
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        t = x.detach().to(torch.float32).cpu()
+        lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
+        scale = (hi - lo) / self.levels if hi > lo else 1.0
+        zero_point = -lo / scale
+        q = torch.clamp(torch.round(t / scale + zero_point), 0, self.levels).to(torch.uint8)
+        return EncodedTensor(
+            self.name, "float32", tuple(t.shape), q.contiguous().numpy().tobytes(), scale, zero_point
+        )
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        self._check(enc, 1)
+        if not np.isfinite(enc.scale) or enc.scale <= 0:
+            raise CodecError(f"uint8: scale must be a positive finite number, got {enc.scale}")
+        q = np.frombuffer(enc.data, dtype=np.uint8).reshape(enc.shape)
+        x = (torch.from_numpy(q.astype(np.float32)) - enc.zero_point) * enc.scale
+        return x
+
+
+class JpegCodec(TensorCodec):
+    """JPEG via OpenCV for whole images (offload mode), a tensor of shape [3, H, W] in [0, 1], RGB."""
+
+    name = "jpeg"
+
+    def __init__(self, quality: int = 90) -> None:
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+        self.quality = int(quality)
+
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        if x.ndim != 3 or x.shape[0] != 3:
+            raise ValueError(f"jpeg: expected an RGB image tensor [3, H, W], got {list(x.shape)}")
+        rgb = (x.detach().clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise CodecError("jpeg: OpenCV failed to encode the image")
+        meta = {"quality": float(self.quality)}
+        return EncodedTensor(self.name, "uint8", tuple(x.shape), buf.tobytes(), meta=meta)
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        if enc.codec != self.name:
+            raise CodecError(f"codec mismatch: payload is {enc.codec!r}, decoder is {self.name!r}")
+        bgr = cv2.imdecode(np.frombuffer(enc.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise CodecError(f"jpeg: {len(enc.data)} bytes are not a decodable image")
+        if tuple(enc.shape) != (3, bgr.shape[0], bgr.shape[1]):
+            raise CodecError(
+                f"jpeg: payload says shape {list(enc.shape)}, image is {[3, *bgr.shape[:2]]}"
+            )
+        return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
+
+    def __repr__(self) -> str:
+        return f"JpegCodec(quality={self.quality})"
+
+
+_CODECS: dict[str, type[TensorCodec]] = {
+    c.name: c for c in (Float32Codec, Float16Codec, Uint8Codec, JpegCodec)
+}
+CODEC_NAMES: tuple[str, ...] = tuple(_CODECS)
+
+
+def get_codec(name: str, **options: int) -> TensorCodec:
+    """Look a codec up by its wire name; options (e.g. `quality`) go to its constructor."""
+    try:
+        cls = _CODECS[name]
+    except KeyError:
+        raise ValueError(f"unknown codec {name!r}; known: {', '.join(CODEC_NAMES)}") from None
+    return cls(**options)

@@ -1,0 +1,69 @@
+"""The models an edge server serves, and the latencies it measured for them."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from split import SplitModel
+from split.adapters import Outputs
+
+__all__ = ["ModelRegistry", "ServedModel"]
+
+
+@dataclass
+class ServedModel:
+    """A split model plus where its weights came from and a window of measured latencies.
+
+    Latencies are kept per payload kind ("split": tail, "offload": JPEG decode + full model)
+    so `Describe` can report medians the device's controller can plan with.
+    """
+
+    model: SplitModel
+    weights: str
+    architecture: str
+    window: int = 200
+    latencies: dict[str, deque[float]] = field(default_factory=dict)
+
+    def record(self, kind: str, ms: float) -> None:
+        self.latencies.setdefault(kind, deque(maxlen=self.window)).append(ms)
+
+    def medians(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in self.latencies.items() if v}
+
+    def run(self, payload) -> tuple[Outputs, float]:
+        """Decode one payload and run the tail (or the full model); returns outputs and ms."""
+        t0 = time.perf_counter()
+        out = self.model.decode_message(payload)
+        ms = (time.perf_counter() - t0) * 1e3
+        self.record("offload" if payload.tensor.codec == "jpeg" else "split", ms)
+        return out, ms
+
+    def warm_up(self, height: int = 480, width: int = 640) -> None:
+        """One frame of each kind: pays the first-call costs and seeds the latency medians."""
+        image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(0))
+        self.run(self.model.encode_message(image))
+        self.run(self.model.encode_image(image))
+
+
+class ModelRegistry:
+    """Name -> served model; the error for an unknown name lists what is served."""
+
+    def __init__(self, models: list[ServedModel]) -> None:
+        self._models = {m.model.name: m for m in models}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def __iter__(self):
+        return iter(self._models.values())
+
+    def get(self, name: str) -> ServedModel | None:
+        if not name and len(self._models) == 1:
+            return next(iter(self._models.values()))
+        return self._models.get(name)

@@ -1,0 +1,289 @@
+"""Link estimators: how fast the uplink is (B) and how long a round trip takes (RTT).
+
+The controller predicts a remote mode as ``bytes * 8 / B + RTT + compute``
+(DESIGN.md §3), so it needs the two network terms *separately*. What the
+client can time, though, is one number per frame: from "request sent" to
+"result received". These classes turn those timings into B and RTT.
+
+Decisions, and why:
+
+* **Bandwidth = harmonic mean of the last few throughput samples**
+  (:class:`BandwidthEstimator`), as Pensieve and FESTIVE do. A harmonic mean
+  is dominated by the *slow* samples, so one lucky burst (a transfer that
+  landed in a buffer) cannot make the controller believe in a link it does
+  not have, while a single slow sample pulls it down only as much as it
+  really cost. Mistaking a slow link for a fast one costs a whole frame of
+  waiting; the opposite only costs a missed opportunity, so the asymmetry is
+  wanted.
+* **Tiny transfers are not bandwidth samples.** Below ``min_bytes`` a
+  transfer's time is almost all RTT, and ``bytes / time`` would then measure
+  latency, not rate. Such transfers are RTT samples instead.
+* **RTT = median of the last few samples** (:class:`RttEstimator`). A
+  min-filter (TCP/BBR style) estimates the *propagation* delay, which is the
+  right thing for congestion control but too optimistic for predicting when
+  a frame's result comes back: the frame will also meet the usual queueing
+  and server scheduling delay. The median tracks that typical delay and
+  ignores isolated spikes (a retransmission, a GC pause) in either direction.
+* **Old samples expire** (``max_age_s``, off by default): a sample more
+  than ``max_age_s`` older than the newest one is ignored. While frames
+  stream, the window spans well under a second and this never triggers; it
+  matters after a quiet spell (the controller ran locally for a while and
+  then sends one probe). Without it a harmonic mean of four stale slow
+  samples and one fresh fast one would still read "slow", and recovery
+  would take ``window`` probes; with it the probe speaks for the link now.
+* **Separating RTT from serialization** (:class:`LinkEstimator`): see its
+  docstring.
+
+Nothing here reads a clock: every observation carries its own timestamp, so
+the same code runs live and in a trace-driven simulator with a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from statistics import median
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+__all__ = ["BandwidthEstimator", "RttEstimator", "LinkEstimator"]
+
+
+def _finite_nonneg(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x >= 0
+
+
+def _check_max_age(max_age_s: float | None) -> None:
+    if max_age_s is not None and not max_age_s > 0:
+        raise ValueError(f"max_age_s must be positive or None, got {max_age_s}")
+
+
+def _recent(samples: deque[tuple[float, _T]], max_age_s: float | None) -> list[_T]:
+    """Values of the samples taken less than ``max_age_s`` before the newest one."""
+    if not samples:
+        return []
+    if max_age_s is None:
+        return [v for _, v in samples]
+    newest = samples[-1][0]
+    return [v for at, v in samples if newest - at < max_age_s]
+
+
+class BandwidthEstimator:
+    """Uplink rate from timed transfers: harmonic mean of the recent throughputs.
+
+    ``window`` is kept small (5, like Pensieve) so that the estimate follows a
+    link that changes: after a step, it is made only of new samples once
+    ``window`` transfers have been seen. ``initial_bps`` is a prior returned
+    until the first sample; it is not mixed into the mean, because a guess
+    should not dilute measurements. ``max_age_s``: see the module docstring.
+    """
+
+    def __init__(
+        self,
+        window: int = 5,
+        min_bytes: int = 1000,
+        initial_bps: float | None = None,
+        max_age_s: float | None = None,
+    ) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if min_bytes < 0:
+            raise ValueError(f"min_bytes must be >= 0, got {min_bytes}")
+        if initial_bps is not None and not (math.isfinite(initial_bps) and initial_bps > 0):
+            raise ValueError(f"initial_bps must be a positive number, got {initial_bps}")
+        _check_max_age(max_age_s)
+        self.window = window
+        self.min_bytes = min_bytes
+        self.initial_bps = initial_bps
+        self.max_age_s = max_age_s
+        self._rates: deque[tuple[float, float]] = deque(maxlen=window)
+        self._samples = 0
+        self._last_at: float | None = None
+
+    def observe(self, nbytes: int, seconds: float, at_s: float) -> bool:
+        """Record that ``nbytes`` took ``seconds`` to serialize; return whether it was used.
+
+        Transfers below ``min_bytes``, and non-positive or non-finite durations
+        (clock glitches, a server time larger than the total), are dropped
+        rather than clamped: a made-up sample would be worse than none.
+        """
+        if nbytes < self.min_bytes or not math.isfinite(seconds) or seconds <= 0:
+            return False
+        self._rates.append((at_s, nbytes * 8.0 / seconds))
+        self._samples += 1
+        self._last_at = at_s
+        return True
+
+    def estimate_bps(self) -> float | None:
+        """Harmonic mean of the window (bits/s), the prior before any sample, else ``None``."""
+        rates = _recent(self._rates, self.max_age_s)
+        if not rates:
+            return self.initial_bps
+        return len(rates) / sum(1.0 / r for r in rates)
+
+    @property
+    def samples(self) -> int:
+        """How many transfers have been accepted since creation (not only those in the window)."""
+        return self._samples
+
+    def age_s(self, now_s: float) -> float:
+        """Seconds since the last accepted sample; ``inf`` before any, so "stale" needs no special case."""
+        if self._last_at is None:
+            return math.inf
+        return max(0.0, now_s - self._last_at)
+
+
+class RttEstimator:
+    """Round-trip time as the median of the recent samples (see the module docstring for why)."""
+
+    def __init__(self, window: int = 10, initial_s: float | None = None, max_age_s: float | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if initial_s is not None and not _finite_nonneg(initial_s):
+            raise ValueError(f"initial_s must be a non-negative number, got {initial_s}")
+        _check_max_age(max_age_s)
+        self.window = window
+        self.initial_s = initial_s
+        self.max_age_s = max_age_s
+        self._rtts: deque[tuple[float, float]] = deque(maxlen=window)
+        self._samples = 0
+        self._last_at: float | None = None
+
+    def observe(self, rtt_s: float, at_s: float) -> bool:
+        """Record one round trip; negative or non-finite values are dropped, not clamped."""
+        if not _finite_nonneg(rtt_s):
+            return False
+        self._rtts.append((at_s, float(rtt_s)))
+        self._samples += 1
+        self._last_at = at_s
+        return True
+
+    def estimate_s(self) -> float | None:
+        """Median of the window, the prior before any sample, else ``None``."""
+        rtts = _recent(self._rtts, self.max_age_s)
+        if not rtts:
+            return self.initial_s
+        return float(median(rtts))
+
+    @property
+    def samples(self) -> int:
+        return self._samples
+
+    def age_s(self, now_s: float) -> float:
+        if self._last_at is None:
+            return math.inf
+        return max(0.0, now_s - self._last_at)
+
+
+class LinkEstimator:
+    """B and RTT from whole-frame timings, kept consistent with the ``bytes/B + RTT`` model.
+
+    For each remote frame the client knows ``total_s`` (send to result) and
+    the server reports ``server_s`` (its own compute). Then::
+
+        network_s = total_s - server_s ≈ nbytes * 8 / B + RTT
+
+    Taking ``nbytes / network_s`` as the rate would count the RTT twice (once
+    inside that "rate", once again in the model) and underestimate B badly on
+    small payloads: 20 KB over 2 Mbit/s with 40 ms RTT takes 120 ms, which
+    reads as 1.33 Mbit/s. So:
+
+    1. **RTT samples** come from tiny messages (``nbytes < min_bytes``: empty
+       or near-empty frames, or pings given to :meth:`observe_rtt`), whose
+       network time is essentially the RTT.
+    2. If there are none, the RTT is the **intercept** of a least-squares line
+       ``network_s = RTT + nbytes * 8 / B`` over the last ``fit_window`` large
+       transfers — usable when their sizes differ (split vs. JPEG payloads, or
+       frames of varying content): at least 1.5× between the smallest and
+       largest, and a positive slope. The intercept is clamped to
+       ``[0, min network_s]``, because no transfer can be faster than the RTT.
+    3. **B samples** come from large transfers as
+       ``nbytes / (network_s - RTT)``. When the serialization part is lost in
+       the noise (less than ``min_serialization_fraction`` of the network
+       time), the divisor is floored at that fraction: the sample then says
+       "at least this fast", a bounded value, rather than being dropped
+       (dropping would freeze an old, low estimate on a link that got fast)
+       or exploding towards infinity.
+    4. With no RTT known at all, RTT is taken as 0 and the whole network time
+       counts as serialization. B is then conservative, and the pair
+       (B, 0) still reproduces the observed time for that payload size, so
+       predictions stay self-consistent until an RTT is known.
+
+    The response message (detections) is small and is folded into the RTT.
+    ``max_age_s`` applies to all three (B, RTT, fit); see the module docstring.
+    """
+
+    def __init__(
+        self,
+        window: int = 5,
+        rtt_window: int = 10,
+        min_bytes: int = 1000,
+        initial_bps: float | None = None,
+        initial_rtt_s: float | None = None,
+        min_serialization_fraction: float = 0.1,
+        fit_window: int = 8,
+        max_age_s: float | None = None,
+    ) -> None:
+        if not 0 < min_serialization_fraction <= 1:
+            raise ValueError(f"min_serialization_fraction must be in (0, 1], got {min_serialization_fraction}")
+        if fit_window < 2:
+            raise ValueError(f"fit_window must be >= 2, got {fit_window}")
+        self.min_bytes = min_bytes
+        self.min_serialization_fraction = min_serialization_fraction
+        self.max_age_s = max_age_s
+        self.bandwidth = BandwidthEstimator(
+            window=window, min_bytes=min_bytes, initial_bps=initial_bps, max_age_s=max_age_s
+        )
+        self.rtt = RttEstimator(window=rtt_window, initial_s=initial_rtt_s, max_age_s=max_age_s)
+        # (at_s, (nbytes, network_s)) of recent large transfers, for the intercept fit.
+        self._fit: deque[tuple[float, tuple[int, float]]] = deque(maxlen=fit_window)
+
+    def observe_transfer(self, nbytes: int, total_s: float, server_s: float, at_s: float) -> None:
+        """Feed one remote frame: ``nbytes`` sent, ``total_s`` until its result, ``server_s`` on the server."""
+        if not (_finite_nonneg(total_s) and _finite_nonneg(server_s)) or nbytes < 0:
+            return
+        network_s = max(0.0, total_s - server_s)
+        if nbytes < self.min_bytes:
+            self.rtt.observe(network_s, at_s)
+            return
+        self._fit.append((at_s, (nbytes, network_s)))
+        rtt = self.rtt_s() or 0.0
+        floor = self.min_serialization_fraction * network_s
+        self.bandwidth.observe(nbytes, max(network_s - rtt, floor), at_s)
+
+    def observe_rtt(self, rtt_s: float, at_s: float) -> None:
+        """Feed an explicit round trip with no payload (a ping, a health check)."""
+        self.rtt.observe(rtt_s, at_s)
+
+    def bandwidth_bps(self) -> float | None:
+        return self.bandwidth.estimate_bps()
+
+    def rtt_s(self) -> float | None:
+        """Measured RTT if any, else the fitted intercept, else the prior, else ``None``."""
+        if self.rtt.samples:
+            return self.rtt.estimate_s()
+        fitted = self._intercept()
+        if fitted is not None:
+            return fitted
+        return self.rtt.estimate_s()
+
+    def age_s(self, now_s: float) -> float:
+        """Age of the *bandwidth* estimate: that is what goes stale when no remote mode is used."""
+        return self.bandwidth.age_s(now_s)
+
+    def _intercept(self) -> float | None:
+        pts = _recent(self._fit, self.max_age_s)
+        if len(pts) < 2:
+            return None
+        xs = [float(n) for n, _ in pts]
+        ys = [t for _, t in pts]
+        if min(xs) <= 0 or max(xs) < 1.5 * min(xs):
+            return None
+        xbar = sum(xs) / len(xs)
+        ybar = sum(ys) / len(ys)
+        sxx = sum((x - xbar) ** 2 for x in xs)
+        slope = sum((x - xbar) * (y - ybar) for x, y in zip(xs, ys)) / sxx
+        if slope <= 0:
+            return None  # the link changed inside the window: sizes no longer explain times
+        return min(max(0.0, ybar - slope * xbar), min(ys))

@@ -1,0 +1,268 @@
+"""User-space link emulator: a TCP proxy that makes a real connection behave
+like a :class:`~simulators.links.Link`.
+
+There is no netem/mahimahi in the containers this runs in, so the emulator
+sits between the client and the real server as a plain asyncio proxy::
+
+    client ──▶ [listen] ── up Link ──▶ upstream server
+    client ◀── [listen] ◀── down Link ── upstream server
+
+How it shapes, and why:
+
+* Every chunk read from a socket is cut into packets of ``link.mss`` bytes and
+  each packet is passed to ``link.send(size, t)``, with ``t`` the emulator's
+  clock (seconds since :meth:`LinkEmulator.start`, which is also time 0 of the
+  trace).  The packet is written to the other side at its modelled arrival
+  time.  Packets whose arrivals fall within ``coalesce_ms`` of each other are
+  written together, because asyncio's timers are only ~1 ms precise anyway
+  and a write per packet would cost more CPU than the link is worth at
+  100 Mbit/s.  Nothing is ever written before its arrival time, and each
+  direction of a connection is written strictly in order.
+* One ``Link`` per direction is shared by all connections, as a real cell's
+  bottleneck is: concurrent connections queue behind each other.
+* Flow control: a direction stops reading from its source while more than
+  ``max_buffer_bytes`` are waiting to be delivered, so a fast sender is held
+  back by TCP (its socket buffers fill) instead of by unbounded proxy memory.
+  The bound is large (4 MiB) so it never throttles below the modelled rate.
+* Loss in the model shows up as retransmission delay and used capacity (the
+  payload is TCP), never as dropped bytes: the proxy is a reliable pipe.
+* Half-close is forwarded: EOF from one side becomes ``write_eof`` on the
+  other once all earlier data was delivered; the connection is closed when
+  both directions have finished, or torn down when either side resets.
+  Connection setup is not delayed (the proxy accepts locally).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import Callable, Union
+
+from .links import Link, parse_loss
+from .traces import load_trace
+
+__all__ = ["LinkEmulator", "run_emulator", "make_links", "parse_hostport"]
+
+HostPort = tuple[str, int]
+_READ_SIZE = 64 * 1024
+
+
+def parse_hostport(value: Union[str, HostPort]) -> HostPort:
+    """``"HOST:PORT"`` (or a tuple) -> ``(host, port)``; ValueError otherwise."""
+    if isinstance(value, tuple):
+        host, port = value
+        return str(host), int(port)
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Direction:
+    """One direction of one proxied connection: a reader that stamps data with
+    its modelled arrival time and a writer that releases it on time."""
+
+    def __init__(self, link: Link, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                 clock: Callable[[], float], max_buffer_bytes: int, coalesce_s: float) -> None:
+        self.link = link
+        self.src = src
+        self.dst = dst
+        self.clock = clock
+        self.max_buffer = max_buffer_bytes
+        self.coalesce_s = coalesce_s
+        self.queue: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
+        self.buffered = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.last_arrival = 0.0
+
+    async def read_loop(self) -> None:
+        while True:
+            data = await self.src.read(_READ_SIZE)
+            now = self.clock()
+            if not data:
+                # The FIN travels the link too: after the data, one delay later.
+                fin_at = max(self.last_arrival, now + self.link.delay_s)
+                self.queue.put_nowait((fin_at, None))
+                return
+            self._schedule(data, now)
+            self.buffered += len(data)
+            if self.buffered > self.max_buffer:
+                self.room.clear()
+                await self.room.wait()
+
+    def _schedule(self, data: bytes, now: float) -> None:
+        mss = self.link.mss
+        group_start = 0
+        group_first = group_last = None
+        for off in range(0, len(data), mss):
+            size = min(mss, len(data) - off)
+            arrival = self.link.send(size, now).arrival_s
+            if group_first is not None and arrival - group_first > self.coalesce_s:
+                self.queue.put_nowait((group_last, data[group_start:off]))
+                group_start, group_first = off, None
+            if group_first is None:
+                group_first = arrival
+            group_last = arrival
+        self.queue.put_nowait((group_last, data[group_start:]))
+        self.last_arrival = max(self.last_arrival, group_last)
+
+    async def write_loop(self) -> None:
+        while True:
+            arrival, piece = await self.queue.get()
+            wait = arrival - self.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if piece is None:
+                if self.dst.can_write_eof():
+                    self.dst.write_eof()
+                return
+            self.dst.write(piece)
+            await self.dst.drain()
+            self.buffered -= len(piece)
+            if self.buffered <= self.max_buffer:
+                self.room.set()
+
+
+class LinkEmulator:
+    """Asyncio TCP proxy shaping ``listen -> upstream`` with ``up`` and
+    ``upstream -> listen`` with ``down`` (see module docstring)."""
+
+    def __init__(self, listen: Union[str, HostPort], upstream: Union[str, HostPort], up: Link, down: Link,
+                 *, max_buffer_bytes: int = 4 * 1024 * 1024, coalesce_ms: float = 1.0) -> None:
+        self.listen = parse_hostport(listen)
+        self.upstream = parse_hostport(upstream)
+        self.up = up
+        self.down = down
+        self.max_buffer_bytes = max_buffer_bytes
+        self.coalesce_s = coalesce_ms / 1000.0
+        self._server: asyncio.base_events.Server | None = None
+        self._t0 = 0.0
+        self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def bound_port(self) -> int:
+        """The port actually listened on (useful with ``listen`` port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("emulator is not started")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    def now(self) -> float:
+        """Emulator clock: seconds since start, the time axis of the traces."""
+        return time.monotonic() - self._t0
+
+    async def start(self) -> None:
+        self.up.reset()
+        self.down.reset()
+        self._t0 = time.monotonic()
+        self._server = await asyncio.start_server(self._on_connect, *self.listen)
+
+    async def stop(self) -> None:
+        """Stop listening and tear down live connections; idempotent."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def __aenter__(self) -> "LinkEmulator":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _on_connect(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self._proxy(c_reader, c_writer)
+        except asyncio.CancelledError:
+            # stop() cancels live connections after _proxy tore them down;
+            # ending "cancelled" would make asyncio's stream callback log an
+            # error for each one.
+            pass
+        finally:
+            self._conns.discard(task)
+
+    async def _proxy(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        try:
+            u_reader, u_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            c_writer.transport.abort()
+            return
+        dirs = (
+            _Direction(self.up, c_reader, u_writer, self.now, self.max_buffer_bytes, self.coalesce_s),
+            _Direction(self.down, u_reader, c_writer, self.now, self.max_buffer_bytes, self.coalesce_s),
+        )
+        tasks = [asyncio.create_task(coro) for d in dirs for coro in (d.read_loop(), d.write_loop())]
+        clean = False
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            clean = all(t.done() and not t.cancelled() and t.exception() is None for t in tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for w in (c_writer, u_writer):
+                if clean:
+                    w.close()
+                else:
+                    w.transport.abort()
+            for w in (c_writer, u_writer):
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
+
+
+def make_links(trace_spec: str, delay_ms: float = 0.0, loss: str | None = None,
+               down_trace_spec: str | None = None, jitter_ms: float = 0.0, seed: int = 0) -> tuple[Link, Link]:
+    """The (up, down) pair the CLI emulates: the uplink follows the trace,
+    the downlink its own trace or, by default, no rate limit (cellular
+    downlinks are much faster than uplinks and carry only results); both
+    get the delay and the loss (with independent random streams).  Raises
+    ``ValueError`` (incl. ``TraceError``) on a bad spec, before any socket
+    is opened."""
+    up = Link(load_trace(trace_spec), delay_ms=delay_ms, jitter_ms=jitter_ms,
+              loss=parse_loss(loss, seed=seed + 1), seed=seed)
+    down_trace = load_trace(down_trace_spec) if down_trace_spec else None
+    down = Link(down_trace, delay_ms=delay_ms, jitter_ms=jitter_ms,
+                loss=parse_loss(loss, seed=seed + 3), seed=seed + 2)
+    return up, down
+
+
+def run_emulator(trace_spec: str, listen: Union[str, HostPort], upstream: Union[str, HostPort],
+                 delay_ms: float = 0.0, loss: str | None = None, down_trace_spec: str | None = None,
+                 *, jitter_ms: float = 0.0, seed: int = 0) -> None:
+    """Blocking entry point for a subprocess: prints ``emulating on HOST:PORT``
+    (flushed) once listening, so a parent can wait for that line, and returns
+    cleanly on SIGTERM or SIGINT.  Bad specs raise ``ValueError`` first."""
+    up, down = make_links(trace_spec, delay_ms, loss, down_trace_spec, jitter_ms, seed)
+    emulator = LinkEmulator(listen, upstream, up, down)
+    asyncio.run(_serve(emulator))
+
+
+async def _serve(emulator: LinkEmulator) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await emulator.start()
+    try:
+        print(f"emulating on {emulator.listen[0]}:{emulator.bound_port}", flush=True)
+        await stop.wait()
+    finally:
+        await emulator.stop()
+        sys.stdout.flush()

@@ -1,0 +1,280 @@
+"""Model adapters: how each torchvision family is laid out as a chain of stages.
+
+A split cuts a model's backbone into an ordered list of `Stage`s. Some stages are *taps*:
+their output feeds a later part of the model (FPN levels, SSD heads). The head runs the
+model's own preprocessing and the stages up to the split point; the tail runs the remaining
+stages and then the family's own post-backbone pipeline (`finish`), written to read like the
+torchvision `forward` it mirrors (transform -> backbone -> rpn -> roi_heads -> postprocess).
+
+Why stages instead of torch.fx: torchvision's detectors carry Python control flow (ImageList,
+dict outputs, anchor generation) that fx cannot trace, while their backbones *are* plain
+chains of children. Cutting the chain keeps every module the original's own object, so a
+split without bottleneck computes bit-for-bit what the original does.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.retinanet import RetinaNet
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.transform import resize_boxes, resize_keypoints
+
+__all__ = ["Adapter", "ImageBatch", "Stage", "adapter_for"]
+
+Outputs = dict[str, Tensor]
+
+
+@dataclass
+class Stage:
+    """One link of the backbone chain; `tap` names the output kept for later parts."""
+
+    name: str
+    module: nn.Module
+    tap: str | None = None
+    tap_fn: nn.Module | None = None
+
+
+@dataclass
+class ImageBatch:
+    """The preprocessed input of one frame and the sizes the tail needs to map boxes back."""
+
+    tensor: Tensor  # [1, 3, H, W], normalized, padded
+    image_size: tuple[int, int]  # after resize, before padding
+    original_size: tuple[int, int]  # as captured
+
+    @property
+    def batch_size(self) -> tuple[int, int]:
+        return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
+
+
+class _L2Rescale(nn.Module):
+    """SSD-VGG's conv4_3 tap: L2-normalized and rescaled, while the chain goes on unscaled."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        super().__init__()
+        self.owner = [owner]  # a list, so the owner's parameters are not registered twice
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.owner[0].scale_weight.view(1, -1, 1, 1) * F.normalize(x)
+
+
+def _size(t: Tensor | tuple[int, int]) -> tuple[int, int]:
+    return int(t[-2]), int(t[-1])
+
+
+class Adapter:
+    """Base: what every family must say about itself. One instance wraps one model."""
+
+    family: str = ""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError
+
+    def preprocess(self, image: Tensor) -> ImageBatch:
+        """The model's own resize + normalize of one RGB image [3, H, W] in [0, 1]."""
+        raise NotImplementedError
+
+    def resize(self, image: Tensor) -> Tensor:
+        """The resize alone (no normalization): what offload sends as JPEG."""
+        raise NotImplementedError
+
+    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
+        """Everything after the backbone chain, from the tapped features to the outputs."""
+        raise NotImplementedError
+
+    def full(self, image: Tensor) -> Outputs:
+        """The original model, unsplit, on one image."""
+        raise NotImplementedError
+
+    def full_on_resized(self, resized: Tensor, original_size: tuple[int, int]) -> Outputs:
+        """The original model on an image already resized by `resize` (offload)."""
+        raise NotImplementedError
+
+
+class _DetectorAdapter(Adapter):
+    family = "detector"
+
+    def preprocess(self, image: Tensor) -> ImageBatch:
+        images, _ = self.model.transform([image])
+        return ImageBatch(images.tensors, _size(images.image_sizes[0]), _size(image.shape))
+
+    def resize(self, image: Tensor) -> Tensor:
+        resized, _ = self.model.transform.resize(image, None)
+        return resized.clamp(0, 1)
+
+    def full(self, image: Tensor) -> Outputs:
+        return self.model([image])[0]
+
+    def full_on_resized(self, resized: Tensor, original_size: tuple[int, int]) -> Outputs:
+        out = dict(self.model([resized])[0])
+        size = _size(resized.shape)
+        out["boxes"] = resize_boxes(out["boxes"], size, original_size)
+        if "keypoints" in out:
+            out["keypoints"] = resize_keypoints(out["keypoints"], size, original_size)
+        if "masks" in out and out["masks"].numel():
+            out["masks"] = F.interpolate(out["masks"], size=original_size, mode="bilinear")
+        return out
+
+    @staticmethod
+    def _image_list(x: Tensor, sizes: ImageBatch) -> ImageList:
+        # Anchor generators read only the padded batch's shape, dtype and device: a
+        # zero-stride view stands for the image batch without allocating it.
+        h, w = sizes.batch_size
+        ghost = torch.zeros((), dtype=x.dtype, device=x.device).expand(1, 3, h, w)
+        return ImageList(ghost, [sizes.image_size])
+
+
+class _FpnDetectorAdapter(_DetectorAdapter):
+    """Backbones built as `BackboneWithFPN`: an IntermediateLayerGetter `body` then `fpn`."""
+
+    def stages(self) -> list[Stage]:
+        body = self.model.backbone.body
+        returns = {str(k): str(v) for k, v in body.return_layers.items()}
+        return [Stage(f"backbone.body.{n}", m, returns.get(n)) for n, m in body.named_children()]
+
+
+class RcnnAdapter(_FpnDetectorAdapter):
+    """Faster, Mask and Keypoint R-CNN."""
+
+    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
+        m = self.model
+        images = self._image_list(x, sizes)
+        features = m.backbone.fpn(taps)
+        proposals, _ = m.rpn(images, features)
+        detections, _ = m.roi_heads(features, proposals, images.image_sizes)
+        return m.transform.postprocess(detections, images.image_sizes, [sizes.original_size])[0]
+
+
+class DenseAdapter(_FpnDetectorAdapter):
+    """RetinaNet and FCOS: dense heads over FPN levels, anchors split per level."""
+
+    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
+        m = self.model
+        images = self._image_list(x, sizes)
+        features = list(m.backbone.fpn(taps).values())
+        head_outputs = m.head(features)
+        anchors = m.anchor_generator(images, features)
+        locations = [f.size(2) * f.size(3) for f in features]
+        per_location = head_outputs["cls_logits"].size(1) // sum(locations)  # A (1 for FCOS)
+        per_level = [n * per_location for n in locations]
+        split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        detections = m.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
+        return m.transform.postprocess(detections, images.image_sizes, [sizes.original_size])[0]
+
+
+class SsdAdapter(_DetectorAdapter):
+    """SSD300-VGG16 and SSDlite320-MobileNetV3."""
+
+    def stages(self) -> list[Stage]:
+        bb = self.model.backbone
+        out: list[Stage] = []
+        n_taps = 0
+        if isinstance(bb.features[0], nn.Sequential):  # SSDlite: two tapped halves
+            for i, half in enumerate(bb.features):
+                kids = list(half.named_children())
+                for j, (n, mod) in enumerate(kids):
+                    tap = str(n_taps) if j == len(kids) - 1 else None
+                    out.append(Stage(f"backbone.features.{i}.{n}", mod, tap))
+                n_taps += 1
+        else:  # VGG: conv4_3 is tapped through the L2 rescale
+            kids = list(bb.features.named_children())
+            for j, (n, mod) in enumerate(kids):
+                last = j == len(kids) - 1
+                out.append(Stage(f"backbone.features.{n}", mod, "0" if last else None,
+                                 _L2Rescale(bb) if last else None))
+            n_taps = 1
+        for k, (n, mod) in enumerate(bb.extra.named_children()):
+            out.append(Stage(f"backbone.extra.{n}", mod, str(n_taps + k)))
+        return out
+
+    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
+        m = self.model
+        images = self._image_list(x, sizes)
+        features = list(taps.values())
+        head_outputs = m.head(features)
+        anchors = m.anchor_generator(images, features)
+        detections = m.postprocess_detections(head_outputs, anchors, images.image_sizes)
+        return m.transform.postprocess(detections, images.image_sizes, [sizes.original_size])[0]
+
+
+class ClassifierAdapter(Adapter):
+    """ResNet and MobileNetV2/V3 classifiers; outputs top-k labels and softmax scores."""
+
+    family = "classifier"
+    mean = (0.485, 0.456, 0.406)
+    std = (0.229, 0.224, 0.225)
+
+    def __init__(self, model: nn.Module, resize_size: int = 256, crop_size: int = 224, topk: int = 5) -> None:
+        super().__init__(model)
+        self.resize_size, self.crop_size, self.topk = resize_size, crop_size, topk
+
+    def stages(self) -> list[Stage]:
+        m = self.model
+        if hasattr(m, "layer1"):  # ResNet: forward is hand-written, children are in call order
+            names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool"]
+            chain = [Stage(n, getattr(m, n)) for n in names]
+            return chain + [Stage("flatten", nn.Flatten(1)), Stage("fc", m.fc)]
+        chain = [Stage(f"features.{n}", mod) for n, mod in m.features.named_children()]
+        pool = m.avgpool if hasattr(m, "avgpool") else nn.AdaptiveAvgPool2d(1)  # V2 pools functionally
+        return chain + [Stage("avgpool", pool), Stage("flatten", nn.Flatten(1)),
+                        Stage("classifier", m.classifier)]
+
+    def resize(self, image: Tensor) -> Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        x = TF.resize(image, [self.resize_size], antialias=True)
+        return TF.center_crop(x, [self.crop_size, self.crop_size]).clamp(0, 1)
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(3, 1, 1)
+        return ((x - mean) / std)[None]
+
+    def preprocess(self, image: Tensor) -> ImageBatch:
+        x = self._normalize(self.resize(image))
+        return ImageBatch(x, _size(x.shape), _size(image.shape))
+
+    def _top(self, logits: Tensor) -> Outputs:
+        probs = logits.softmax(-1)[0]
+        scores, labels = probs.topk(min(self.topk, probs.numel()))
+        return {"labels": labels, "scores": scores, "logits": logits[0]}
+
+    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
+        return self._top(x)
+
+    def full(self, image: Tensor) -> Outputs:
+        return self._top(self.model(self.preprocess(image).tensor))
+
+    def full_on_resized(self, resized: Tensor, original_size: tuple[int, int]) -> Outputs:
+        return self._top(self.model(self._normalize(resized)))
+
+
+def adapter_for(model: nn.Module, **options: Any) -> Adapter:
+    """The adapter for a torchvision model, chosen by its class."""
+    if isinstance(model, GeneralizedRCNN):
+        return RcnnAdapter(model)
+    if isinstance(model, (RetinaNet, FCOS)):
+        return DenseAdapter(model)
+    if isinstance(model, SSD):
+        return SsdAdapter(model)
+    if hasattr(model, "layer1") and hasattr(model, "fc") or (
+        hasattr(model, "features") and hasattr(model, "classifier")
+    ):
+        return ClassifierAdapter(model, **options)
+    raise TypeError(
+        f"no split adapter for {type(model).__name__}: supported are torchvision's GeneralizedRCNN "
+        "(Faster/Mask/Keypoint R-CNN), RetinaNet, FCOS, SSD/SSDlite, ResNet and MobileNetV2/V3"
+    )

@@ -1,0 +1,261 @@
+"""`split(model, at, bottleneck=None)`: cut a torchvision model into a device head and an edge tail.
+
+The device calls `encode(images) -> list[bytes]`, the edge calls `decode(payload) -> outputs`;
+`split_model(images)` is `decode(encode(images))`. With `bottleneck=None` and the lossless
+float32 codec, the outputs equal the original model's.
+
+The payload is the protocol's `Payload` message (a protobuf, not a hand-made header): that is
+why `split` imports `protos` for that one message, the single exception to DESIGN.md's import
+table, since `encode` must return the bytes the edge will read. Tensor byte layouts stay in
+`bottlenecks`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bottlenecks import Bottleneck, CodecError, EncodedTensor, JpegCodec, TensorCodec, get_codec
+from protos import splitedge_pb2 as pb
+from split.adapters import Adapter, ImageBatch, Outputs, Stage, adapter_for
+
+__all__ = ["PayloadMismatch", "SplitModel", "split"]
+
+MAX_SIDE = 4096  # a payload claiming a larger image is rejected before any compute
+
+
+class PayloadMismatch(ValueError):
+    """A payload that does not fit the model it was sent to; the message names the mismatch."""
+
+
+class _Chain(nn.Module):
+    """Runs a slice of the stage chain, collecting tapped outputs for the later parts."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        super().__init__()
+        self.names = [s.name for s in stages]
+        self.taps = [s.tap for s in stages]
+        self.blocks = nn.ModuleList([s.module for s in stages])
+        self.tap_fns = nn.ModuleList([s.tap_fn or nn.Identity() for s in stages])
+
+    def forward(self, x: Tensor, taps: "OrderedDict[str, Tensor]") -> Tensor:
+        for block, tap, tap_fn in zip(self.blocks, self.taps, self.tap_fns):
+            x = block(x)
+            if tap is not None:
+                taps[tap] = tap_fn(x)
+        return x
+
+
+class Head(nn.Module):
+    """Device side: the backbone up to the split point, then the bottleneck encoder."""
+
+    def __init__(self, stages: list[Stage], encoder: nn.Module | None) -> None:
+        super().__init__()
+        self.chain = _Chain(stages)
+        self.encoder = encoder if encoder is not None else nn.Identity()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.chain(x, OrderedDict())
+        return self.encoder(x), (int(x.shape[-2]), int(x.shape[-1]))
+
+
+class Tail(nn.Module):
+    """Edge side: the bottleneck decoder, the rest of the backbone, the family's finish."""
+
+    def __init__(self, adapter: Adapter, split_tap: str | None, stages: list[Stage],
+                 bottleneck: Bottleneck | None) -> None:
+        super().__init__()
+        self.adapter = adapter
+        self.split_tap = split_tap
+        self.chain = _Chain(stages)
+        self.bottleneck = bottleneck
+        self.model = adapter.model  # registers the finish's modules (heads, fpn) with the tail
+
+    def forward(self, z: Tensor, sizes: ImageBatch, split_size: tuple[int, int]) -> Outputs:
+        x = self.bottleneck.decode(z, split_size) if self.bottleneck is not None else z
+        taps: OrderedDict[str, Tensor] = OrderedDict()
+        if self.split_tap is not None:
+            taps[self.split_tap] = x
+        x = self.chain(x, taps)
+        return self.adapter.finish(taps, x, sizes)
+
+
+def _size_msg(hw: tuple[int, int]) -> pb.Size:
+    return pb.Size(height=int(hw[0]), width=int(hw[1]))
+
+
+def _hw(size: pb.Size) -> tuple[int, int]:
+    return int(size.height), int(size.width)
+
+
+def _to_message(enc: EncodedTensor) -> pb.Tensor:
+    return pb.Tensor(codec=enc.codec, dtype=enc.dtype, shape=list(enc.shape), scale=enc.scale,
+                     zero_point=enc.zero_point, data=enc.data)
+
+
+def _from_message(t: pb.Tensor) -> EncodedTensor:
+    return EncodedTensor(t.codec, t.dtype, tuple(int(d) for d in t.shape), t.data, t.scale, t.zero_point)
+
+
+class SplitModel:
+    """A model cut at `at`: `.head` and `.tail` are plain modules; payloads carry the sizes."""
+
+    def __init__(self, model: nn.Module, at: str, bottleneck: Bottleneck | None = None,
+                 codec: TensorCodec | str = "float32", name: str = "", **adapter_options: Any) -> None:
+        self.model = model.eval()
+        self.adapter = adapter_for(model, **adapter_options)
+        self.family = self.adapter.family
+        self.at = at
+        self.name = name
+        self.codec = get_codec(codec) if isinstance(codec, str) else codec
+        if self.codec.name == "jpeg":
+            raise ValueError("jpeg is an image codec for offload; pick float32, float16 or uint8 for features")
+        stages = self.adapter.stages()
+        names = [s.name for s in stages]
+        if at not in names:
+            raise ValueError(f"split point {at!r} is not a stage of {type(model).__name__}; "
+                             f"valid split points: {', '.join(names)}")
+        k = names.index(at)
+        early = [s.name for s in stages[:k] if s.tap is not None]
+        if early:
+            raise ValueError(f"cannot split at {at!r}: the tail also needs the output of {early[0]!r}, "
+                             "which comes before it; split at or before that stage")
+        if stages[k].tap_fn is not None:
+            raise ValueError(f"cannot split at {at!r}: its tapped output is transformed; split one stage earlier")
+        self.split_channels = self._probe_channels(stages[: k + 1])
+        if isinstance(bottleneck, int):
+            bottleneck = Bottleneck(self.split_channels, bottleneck)
+        self.bottleneck = bottleneck.eval() if bottleneck is not None else None
+        if self.bottleneck is not None and self.bottleneck.in_channels != self.split_channels:
+            raise ValueError(f"bottleneck expects {self.bottleneck.in_channels} channels, "
+                             f"split point {at!r} has {self.split_channels}")
+        self.head = Head(stages[: k + 1], self.bottleneck.encoder if self.bottleneck else None).eval()
+        self.tail = Tail(self.adapter, stages[k].tap, stages[k + 1 :], self.bottleneck).eval()
+        self.wire_channels = self.bottleneck.channels if self.bottleneck else self.split_channels
+        self._jpeg = JpegCodec()
+
+    # -- device side -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, images: list[Tensor]) -> list[bytes]:
+        """Head + bottleneck encoder + codec; one self-contained payload per image."""
+        return [self.encode_message(img).SerializeToString() for img in images]
+
+    @torch.inference_mode()
+    def encode_message(self, image: Tensor) -> pb.Payload:
+        sizes = self.adapter.preprocess(image)
+        z, split_size = self.head(sizes.tensor)
+        return pb.Payload(model=self.name, split_point=self.at, tensor=_to_message(self.codec.encode(z)),
+                          original_size=_size_msg(sizes.original_size), image_size=_size_msg(sizes.image_size),
+                          batch_size=_size_msg(sizes.batch_size), split_size=_size_msg(split_size))
+
+    @torch.inference_mode()
+    def encode_image(self, image: Tensor, quality: int = 90) -> pb.Payload:
+        """Offload: the model's own resize, then JPEG; the edge runs the whole model."""
+        resized = self.adapter.resize(image)
+        enc = JpegCodec(quality).encode(resized)
+        return pb.Payload(model=self.name, tensor=_to_message(enc), original_size=_size_msg(image.shape[-2:]),
+                          image_size=_size_msg(resized.shape[-2:]), batch_size=_size_msg(resized.shape[-2:]))
+
+    @torch.inference_mode()
+    def full(self, image: Tensor) -> Outputs:
+        """Local mode: the original model, unsplit."""
+        return self.adapter.full(image)
+
+    # -- edge side ---------------------------------------------------------------------------
+    def decode(self, payload: bytes) -> Outputs:
+        msg = pb.Payload()
+        try:
+            msg.ParseFromString(payload)
+        except Exception as exc:  # protobuf raises DecodeError; any parse failure is the same to us
+            raise PayloadMismatch(f"payload is not a splitedge.v1.Payload message: {exc}") from None
+        return self.decode_message(msg)
+
+    @torch.inference_mode()
+    def decode_message(self, msg: pb.Payload) -> Outputs:
+        if msg.model and self.name and msg.model != self.name:
+            raise PayloadMismatch(f"payload is for model {msg.model!r}, this is {self.name!r}")
+        original, image_size, batch = _hw(msg.original_size), _hw(msg.image_size), _hw(msg.batch_size)
+        for label, hw in (("original_size", original), ("image_size", image_size), ("batch_size", batch)):
+            if not (0 < hw[0] <= MAX_SIDE and 0 < hw[1] <= MAX_SIDE):
+                raise PayloadMismatch(f"{label} {list(hw)} is outside 1..{MAX_SIDE}")
+        enc = _from_message(msg.tensor)
+        if enc.codec == "jpeg":
+            if msg.split_point:
+                raise PayloadMismatch(f"a jpeg payload is a whole image; it must not name split point {msg.split_point!r}")
+            image = self._decode_tensor(self._jpeg, enc)
+            return self.adapter.full_on_resized(image, original)
+        if msg.split_point != self.at:
+            raise PayloadMismatch(f"payload was cut at {msg.split_point or '(none)'!r}, this model splits at {self.at!r}")
+        if enc.codec != self.codec.name:
+            raise PayloadMismatch(f"payload codec {enc.codec!r}, this model expects {self.codec.name!r}")
+        if enc.dtype != "float32":
+            raise PayloadMismatch(f"payload dtype {enc.dtype!r}, this model expects 'float32'")
+        if batch[0] < image_size[0] or batch[1] < image_size[1]:
+            raise PayloadMismatch(f"batch_size {list(batch)} is smaller than image_size {list(image_size)}")
+        split_size = self._expected_split_size(batch)
+        if _hw(msg.split_size) != split_size:
+            raise PayloadMismatch(f"split_size {list(_hw(msg.split_size))} does not match batch {list(batch)}: "
+                                  f"expected {list(split_size)}")
+        expected = (1, self.wire_channels, *self._wire_size(split_size))
+        if tuple(enc.shape) != expected:
+            raise PayloadMismatch(f"tensor shape {list(enc.shape)}, model {self.name or self.at!r} expects {list(expected)}")
+        z = self._decode_tensor(self.codec, enc)
+        return self.tail(z, ImageBatch(torch.empty(0, 3, *batch), image_size, original), split_size)
+
+    def __call__(self, images: list[Tensor]) -> list[Outputs]:
+        return [self.decode(p) for p in self.encode(images)]
+
+    # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _decode_tensor(codec: TensorCodec, enc: EncodedTensor) -> Tensor:
+        try:
+            return codec.decode(enc)
+        except CodecError as exc:
+            raise PayloadMismatch(str(exc)) from None
+
+    def _probe_channels(self, stages: list[Stage]) -> int:
+        with torch.inference_mode():
+            x = _Chain(stages)(torch.zeros(1, 3, 64, 64), OrderedDict())
+        return int(x.shape[1])
+
+    def _wire_size(self, split_size: tuple[int, int]) -> tuple[int, int]:
+        h, w = split_size
+        for _ in range(self.bottleneck.downsample if self.bottleneck else 0):
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        return h, w
+
+    def _expected_split_size(self, batch: tuple[int, int]) -> tuple[int, int]:
+        return _split_size_cached(self, batch)
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.family, "split_point": self.at, "codec": self.codec.name,
+                "bottleneck_channels": self.bottleneck.channels if self.bottleneck else 0,
+                "split_channels": self.split_channels}
+
+
+@lru_cache(maxsize=128)
+def _split_size_cached(model: SplitModel, batch: tuple[int, int]) -> tuple[int, int]:
+    """Spatial size at the split point for a padded batch size, measured once per size.
+
+    Measuring (on zeros) rather than computing from strides is what keeps this right for every
+    backbone's padding and ceil-mode pooling.
+    """
+    with torch.inference_mode():
+        x = model.head.chain(torch.zeros(1, 3, *batch), OrderedDict())
+    return int(x.shape[-2]), int(x.shape[-1])
+
+
+def split(model: nn.Module, at: str, bottleneck: Bottleneck | int | None = None, **opts: Any) -> SplitModel:
+    """Cut `model` at the dotted module path `at`.
+
+    `bottleneck` is None (send the split point's tensor as is), a channel count (a fresh
+    `Bottleneck` to that many channels) or a `Bottleneck`. Options: `codec` ("float32",
+    "float16", "uint8"), `name` (the recipe name stamped on payloads), and for classifiers
+    `resize_size`, `crop_size`, `topk`.
+    """
+    return SplitModel(model, at, bottleneck, **opts)

@@ -1,0 +1,45 @@
+"""The `splitedge` command: maps each subcommand to a package's own `cli` module by name.
+
+Importing by name (not by statement) keeps the import rules of DESIGN.md: `split` does not
+depend on the server, the client or the simulators that sit above it, and a subcommand
+only pays for the imports it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("split.cli", "list the model recipes (first column: name; first line: the default)"),
+    "serve": ("edge_server.cli", "run the edge gRPC server"),
+    "run": ("mobile_client.cli", "run the device client over images, a video or a camera"),
+    "profile": ("split.cli", "measure model latencies on this machine into a JSON profile"),
+    "simulate": ("simulators.cli", "trace-driven simulation of local/split/offload/auto policies"),
+    "emulate": ("simulators.cli", "user-space link emulator: a shaping TCP proxy"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items())
+    return f"usage: splitedge COMMAND [options]\n\ncommands:\n{rows}\n\n`splitedge COMMAND --help` for a command's options."
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"splitedge: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(command, rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Named recipes: a torchvision builder + a split point + a bottleneck + a codec.
+
+Client and server build the same recipe by name, so the device's head and the edge's tail
+come from one definition. Random initialization is seeded: two processes that build the
+same recipe without weights get the same random network, so a split still round-trips.
+The first recipe is the default (light enough for this CPU: SSDlite at 320 px).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torchvision
+
+from bottlenecks import Bottleneck
+from split.api import SplitModel
+from split.weights import WeightsError, cached_weights, load_checkpoint, load_state
+
+__all__ = ["RECIPES", "Recipe", "build", "default_recipe", "get_recipe"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    builder: str
+    split_point: str
+    bottleneck_channels: int  # 0: no bottleneck
+    codec: str
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    @property
+    def family(self) -> str:
+        return "classifier" if self.builder in torchvision.models.list_models(torchvision.models) else "detector"
+
+
+_R50 = {"min_size": 480, "max_size": 640}  # COCO-sized frames at native size, as REFERENCES measures
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 3,
+           "uint8", "SSDlite 320 px, MobileNetV3-L; split at stride 8 (40 ch), bottleneck to 3 ch, 8-bit"),
+    Recipe("ssdlite320_mobilenet_v3_large_raw", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 0,
+           "float32", "as the default, no bottleneck, float32: outputs equal the original model's"),
+    Recipe("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "backbone.body.6",
+           3, "uint8", "Faster R-CNN 320 px, MobileNetV3-L FPN; split at stride 8, bottleneck 3 ch, 8-bit"),
+    Recipe("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
+           "Faster R-CNN ResNet-50 FPN at 480 px; bottleneck after layer1 (hnd-ghnd), 3 ch, 8-bit", _R50),
+    Recipe("maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
+           "Mask R-CNN ResNet-50 FPN at 480 px; bottleneck after layer1, 3 ch, 8-bit", _R50),
+    Recipe("keypointrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
+           "Keypoint R-CNN ResNet-50 FPN at 480 px; bottleneck after layer1, 3 ch, 8-bit", _R50),
+    Recipe("retinanet_resnet50_fpn", "retinanet_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
+           "RetinaNet ResNet-50 FPN at 480 px; bottleneck after layer1, 3 ch, 8-bit", _R50),
+    Recipe("fcos_resnet50_fpn", "fcos_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
+           "FCOS ResNet-50 FPN at 480 px; bottleneck after layer1, 3 ch, 8-bit", _R50),
+    Recipe("ssd300_vgg16", "ssd300_vgg16", "backbone.features.9", 3, "uint8",
+           "SSD300 VGG-16; split after pool2 (stride 4, 128 ch), bottleneck 3 ch, 8-bit"),
+    Recipe("mobilenet_v2", "mobilenet_v2", "features.6", 3, "uint8",
+           "MobileNetV2 ImageNet classifier; split at features[6] (32x28x28), bottleneck 3 ch, 8-bit"),
+    Recipe("mobilenet_v3_large", "mobilenet_v3_large", "features.6", 3, "uint8",
+           "MobileNetV3-L ImageNet classifier; split at stride 8 (40 ch), bottleneck 3 ch, 8-bit"),
+    Recipe("resnet50", "resnet50", "layer1", 3, "uint8",
+           "ResNet-50 ImageNet classifier; bottleneck after layer1, 3 ch, 8-bit"),
+)
+
+
+def default_recipe() -> Recipe:
+    return RECIPES[0]
+
+
+def get_recipe(name: str) -> Recipe:
+    for r in RECIPES:
+        if r.name == name:
+            return r
+    raise KeyError(f"unknown model {name!r}; known: {', '.join(r.name for r in RECIPES)}")
+
+
+def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[str] | None = None,
+          **overrides: Any) -> tuple[SplitModel, str]:
+    """Build recipe `name` as a SplitModel; returns it and a line saying where weights came from.
+
+    `overrides` go to the torchvision builder (e.g. score thresholds in tests).
+    """
+    recipe = get_recipe(name)
+    kwargs: dict[str, Any] = {**recipe.kwargs, **overrides}
+    torch.manual_seed(recipe.seed)
+    source = f"random init (seed {recipe.seed})"
+    if weights:
+        kwargs["weights"] = cached_weights(recipe.builder, weights)
+        source = f"torchvision {kwargs['weights']}"
+    else:
+        kwargs["weights"] = None
+    if recipe.family == "detector":
+        kwargs.setdefault("weights_backbone", None)  # the default would download ImageNet weights
+    model = torchvision.models.get_model(recipe.builder, **kwargs).eval()
+    bottleneck = None
+    split_model = SplitModel(model, recipe.split_point, None, codec=recipe.codec, name=recipe.name)
+    if recipe.bottleneck_channels:
+        bottleneck = Bottleneck(split_model.split_channels, recipe.bottleneck_channels)
+        split_model = SplitModel(model, recipe.split_point, bottleneck, codec=recipe.codec, name=recipe.name)
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get("recipe", recipe.name) != recipe.name:
+            raise WeightsError(f"checkpoint {checkpoint} is for model {ckpt['recipe']!r}, not {recipe.name!r}")
+        if "model" in ckpt:
+            load_state(model, ckpt["model"], f"checkpoint {checkpoint} (model)")
+        if "bottleneck" in ckpt:
+            if bottleneck is None:
+                raise WeightsError(f"checkpoint {checkpoint} holds a bottleneck but {recipe.name!r} has none")
+            load_state(bottleneck, ckpt["bottleneck"], f"checkpoint {checkpoint} (bottleneck)")
+        source = f"checkpoint {checkpoint}" + ("" if "model" in ckpt else f" (bottleneck) over {source}")
+    split_model.model.eval()
+    if bottleneck is not None:
+        bottleneck.eval()
+    return split_model, source

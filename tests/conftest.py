@@ -1,0 +1,62 @@
+"""Shared fixtures: the real edge server started through the CLI, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "coco"
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("SPLITEDGE_DATA", ROOT.parent / "shared" / "data"))
+
+
+def splitedge(*args: str) -> list[str]:
+    return [sys.executable, "-m", "split.dispatch", *args]
+
+
+class ServerProcess:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(splitedge("serve", "--host", "127.0.0.1", "--port", "0", *args),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                self.target = f"127.0.0.1:{self.port}"
+                return
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(self.lines))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = ServerProcess("--model", "ssdlite320_mobilenet_v3_large", "--model", "ssdlite320_mobilenet_v3_large_raw",
+                        "--max-message-mb", "1")
+    yield srv
+    srv.stop()

@@ -1,0 +1,91 @@
+"""The real client CLI against the real server CLI, on loopback, in all three modes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT, SAMPLES, splitedge
+
+RECORD_KEYS = {"frame_id", "source", "mode", "payload_bytes", "head_ms", "network_ms", "server_ms", "e2e_ms",
+               "detections"}
+
+
+def run_client(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(splitedge("run", *args), capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("mode", ["local", "split", "offload"])
+def test_modes_end_to_end(server, tmp_path, mode):
+    out = tmp_path / "r.jsonl"
+    annotated = tmp_path / "ann"
+    proc = run_client("--server", server.target, "--mode", mode, "--source", str(SAMPLES), "--out", str(out),
+                      "--limit", "3", "--save-annotated", str(annotated), "--jpeg-quality", "80")
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(out)
+    assert [r["frame_id"] for r in records] == [0, 1, 2]
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        assert r["mode"] == mode and r["error"] is None and not r["fallback"]
+        assert r["detections"] and all(len(d["box"]) == 4 for d in r["detections"])
+        if mode == "local":
+            assert r["payload_bytes"] == 0 and r["server_ms"] == 0
+        else:
+            assert r["payload_bytes"] > 0 and r["server_ms"] > 0
+    assert len(list(annotated.glob("*.jpg"))) == 3
+    assert "median e2e ms" in proc.stdout and mode in proc.stdout  # the summary table
+
+
+def test_split_without_bottleneck_gives_the_local_detections(server, tmp_path):
+    results = {}
+    for mode in ("local", "split"):
+        out = tmp_path / f"{mode}.jsonl"
+        proc = run_client("--server", server.target, "--model", "ssdlite320_mobilenet_v3_large_raw", "--mode", mode,
+                          "--source", str(SAMPLES), "--out", str(out), "--limit", "2")
+        assert proc.returncode == 0, proc.stderr
+        results[mode] = read_jsonl(out)
+    for local, remote in zip(results["local"], results["split"]):
+        assert remote["payload_bytes"] > 40 * 40 * 40 * 4  # raw float32 features
+        assert len(local["detections"]) == len(remote["detections"]) > 0
+        for a, b in zip(local["detections"], remote["detections"]):
+            assert a["label"] == b["label"]
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+            assert a["box"] == pytest.approx(b["box"], abs=0.02)
+
+
+def test_unreadable_source_is_exit_2_with_one_line(tmp_path):
+    missing = tmp_path / "nope"
+    proc = run_client("--mode", "local", "--source", str(missing), "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing) in lines[0] and "no such file" in lines[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_client("--mode", "local", "--source", str(empty), "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 2 and "no image files" in proc.stderr
+
+
+def test_unknown_model_is_exit_2(tmp_path):
+    proc = run_client("--model", "nope", "--source", str(SAMPLES), "--out", str(tmp_path / "r.jsonl"))
+    assert proc.returncode == 2 and "unknown model 'nope'" in proc.stderr
+
+
+def test_no_server_falls_back_to_local(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "r.jsonl"
+    proc = run_client("--server", f"127.0.0.1:{port}", "--mode", "split", "--source", str(SAMPLES), "--out", str(out),
+                      "--limit", "2", "--timeout", "2")
+    assert proc.returncode == 0, proc.stderr
+    records = read_jsonl(out)
+    assert len(records) == 2
+    assert all(r["mode"] == "local" and r["fallback"] and r["detections"] for r in records)
+    assert "edge unavailable" in proc.stderr

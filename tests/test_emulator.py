@@ -1,0 +1,297 @@
+"""The user-space link emulator: real sockets on 127.0.0.1 shaped by a Link.
+
+Acceptance criterion: the time to move a known number of bytes through the
+emulator matches the Link model's prediction within 10%.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import socketserver
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from simulators.cli import main as cli_main
+from simulators.emulator import LinkEmulator
+from simulators.links import Link
+from simulators.traces import load_trace
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = "127.0.0.1"
+
+
+# -- tiny servers -------------------------------------------------------------
+
+
+async def start_sink() -> tuple[asyncio.base_events.Server, int]:
+    """Reads a 4-byte length then that many bytes, answers b"ok", waits for EOF."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            (n,) = struct.unpack("!I", await reader.readexactly(4))
+            await reader.readexactly(n)
+            writer.write(b"ok")
+            await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, LOCAL, 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def start_echo() -> tuple[asyncio.base_events.Server, int]:
+    """Echoes everything; on EOF it half-closes back, then closes."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, LOCAL, 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def timed_upload(port: int, payload_len: int) -> float:
+    """Send a length-prefixed payload and wait for the sink's ack; seconds."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    t0 = time.monotonic()
+    writer.write(struct.pack("!I", payload_len - 4) + bytes(payload_len - 4))
+    await writer.drain()
+    assert await reader.readexactly(2) == b"ok"
+    elapsed = time.monotonic() - t0
+    writer.close()
+    await writer.wait_closed()
+    return elapsed
+
+
+def model_upload(up: Link, down: Link, nbytes: int, t_s: float) -> float:
+    """The Link model's answer for the same exchange: upload, then 2-byte ack."""
+    a = up.send(nbytes, t_s)
+    b = down.send(2, a.arrival_s)
+    return b.arrival_s - t_s
+
+
+# -- acceptance: emulator vs model --------------------------------------------
+
+
+@pytest.mark.parametrize("spec", ["const:2", "steps:0.3@4,0.3@1"])
+def test_upload_time_matches_link_model(spec: str) -> None:
+    nbytes, delay_ms = 250_000, 20.0
+
+    async def run() -> tuple[float, float]:
+        server, port = await start_sink()
+        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link(load_trace(spec), delay_ms=delay_ms),
+                           Link(None, delay_ms=delay_ms))
+        async with server, emu:
+            t_send = emu.now()
+            measured = await timed_upload(emu.bound_port, nbytes)
+        predicted = model_upload(Link(load_trace(spec), delay_ms=delay_ms), Link(None, delay_ms=delay_ms),
+                                 nbytes, t_send)
+        return measured, predicted
+
+    measured, predicted = asyncio.run(run())
+    err = measured / predicted - 1
+    print(f"emulator {spec}, {delay_ms:g} ms delay, {nbytes} B: measured {measured * 1e3:.1f} ms, "
+          f"Link model {predicted * 1e3:.1f} ms ({err:+.1%})")
+    assert abs(err) < 0.10
+
+
+def test_upload_over_real_mahimahi_trace_matches_model() -> None:
+    data = Path(os.environ.get("SPLITEDGE_DATA", REPO.parent / "shared" / "data"))
+    path = data / "traces" / "mahimahi" / "Verizon-LTE-short.up"
+    if not path.is_file():
+        pytest.skip(f"real mahimahi trace not found at {path} (set SPLITEDGE_DATA)")
+    spec, nbytes = f"mahimahi:{path}", 250_000
+
+    async def run() -> tuple[float, float]:
+        server, port = await start_sink()
+        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link(spec, delay_ms=10), Link(None, delay_ms=10))
+        async with server, emu:
+            t_send = emu.now()
+            measured = await timed_upload(emu.bound_port, nbytes)
+        return measured, model_upload(Link(spec, delay_ms=10), Link(None, delay_ms=10), nbytes, t_send)
+
+    measured, predicted = asyncio.run(run())
+    print(f"emulator {path.name}: measured {measured * 1e3:.1f} ms, Link model {predicted * 1e3:.1f} ms "
+          f"({measured / predicted - 1:+.1%})")
+    assert abs(measured / predicted - 1) < 0.10
+
+
+def test_concurrent_connections_share_the_bottleneck() -> None:
+    n_conns, each = 4, 60_000
+
+    async def run() -> tuple[list[float], float]:
+        server, port = await start_sink()
+        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link("const:2", delay_ms=10), Link(None, delay_ms=10))
+        async with server, emu:
+            t_send = emu.now()
+            times = await asyncio.gather(*(timed_upload(emu.bound_port, each) for _ in range(n_conns)))
+        up, down = Link("const:2", delay_ms=10), Link(None, delay_ms=10)
+        for _ in range(n_conns - 1):
+            up.send(each, t_send)
+        return list(times), model_upload(up, down, each, t_send)
+
+    times, predicted_last = asyncio.run(run())
+    print(f"{n_conns} concurrent uploads of {each} B: last done {max(times) * 1e3:.1f} ms, "
+          f"model {predicted_last * 1e3:.1f} ms")
+    assert max(times) == pytest.approx(predicted_last, rel=0.10)
+    assert min(times) < 0.8 * max(times)  # one bottleneck, not one per connection
+
+
+# -- correctness of the byte stream -------------------------------------------
+
+
+def test_echo_with_half_close_preserves_bytes_and_order() -> None:
+    payload = os.urandom(200_000)
+
+    async def run() -> tuple[bytes, float, float]:
+        server, port = await start_echo()
+        up, down = Link("const:8", delay_ms=5, jitter_ms=2, seed=1), Link("const:16", delay_ms=5)
+        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), up, down)
+        async with server, emu:
+            reader, writer = await asyncio.open_connection(LOCAL, emu.bound_port)
+            t0 = time.monotonic()
+            writer.write(payload)
+            writer.write_eof()
+            got = await asyncio.wait_for(reader.read(), timeout=10)  # until the echo's EOF
+            elapsed = time.monotonic() - t0
+            writer.close()
+        lower = Link("const:8", delay_ms=5).send(len(payload), 0.0).arrival_s + 0.005
+        return got, elapsed, lower
+
+    got, elapsed, lower = asyncio.run(run())
+    assert got == payload
+    assert elapsed >= 0.95 * lower  # shaped both ways, never faster than the uplink alone
+
+
+def test_unreachable_upstream_closes_client() -> None:
+    async def run() -> bytes:
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind((LOCAL, 0))
+            dead = s.getsockname()[1]
+        emu = LinkEmulator((LOCAL, 0), (LOCAL, dead), Link("const:10"), Link(None))
+        async with emu:
+            reader, writer = await asyncio.open_connection(LOCAL, emu.bound_port)
+            try:
+                data = await asyncio.wait_for(reader.read(), timeout=5)
+            except ConnectionResetError:
+                data = b""
+            writer.close()
+            return data
+
+    assert asyncio.run(run()) == b""
+
+
+def test_stop_tears_down_open_connections_promptly() -> None:
+    async def run() -> float:
+        server, port = await start_echo()
+        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link("const:1", delay_ms=50), Link(None, delay_ms=50))
+        async with server:
+            await emu.start()
+            reader, writer = await asyncio.open_connection(LOCAL, emu.bound_port)
+            writer.write(bytes(500_000))  # 4 s worth of data queued in the emulator
+            await asyncio.sleep(0.2)
+            assert emu.connections == 1
+            t0 = time.monotonic()
+            await emu.stop()
+            took = time.monotonic() - t0
+            await emu.stop()  # idempotent
+            writer.close()
+            return took
+
+    assert asyncio.run(run()) < 1.0
+
+
+# -- the CLI ------------------------------------------------------------------
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+def test_cli_subprocess_emulates_and_exits_on_sigterm() -> None:
+    upstream = socketserver.ThreadingTCPServer((LOCAL, 0), _Echo)
+    upstream.daemon_threads = True
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    code = "import sys; from simulators.cli import main; sys.exit(main('emulate', sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--trace", "const:20", "--delay-ms", "5", "--listen", f"{LOCAL}:0",
+         "--upstream", f"{LOCAL}:{upstream.server_address[1]}", "--loss", "bernoulli:0.01"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = _readline_with_timeout(proc, 20)
+        assert line.startswith("emulating on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        with socket.create_connection((LOCAL, port), timeout=5) as s:
+            s.sendall(b"hello through the link")
+            got = b""
+            while len(got) < 22:
+                got += s.recv(100)
+        assert got == b"hello through the link"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert proc.stderr is not None and proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _readline_with_timeout(proc: subprocess.Popen[str], timeout: float) -> str:
+    result: list[str] = []
+    reader = threading.Thread(target=lambda: result.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    if not result:
+        raise AssertionError(f"emulator printed nothing in {timeout} s")
+    return result[0].strip()
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--trace", "const:nope", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"], "rate must be a number"),
+        (["--trace", "mahimahi:/no/such", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"], "/no/such"),
+        (["--trace", "const:1", "--loss", "bernoulli:2", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"],
+         "Bernoulli"),
+        (["--trace", "const:1", "--listen", "localhost", "--upstream", "127.0.0.1:1"], "HOST:PORT"),
+    ],
+)
+def test_cli_bad_spec_is_one_line_error(argv: list[str], match: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main("emulate", argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("splitedge emulate: error: ")
+    assert match in err
+
+
+def test_cli_unknown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main("teleport", []) == 2
+    assert "unknown command" in capsys.readouterr().err

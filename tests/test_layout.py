@@ -1,0 +1,43 @@
+"""DESIGN.md §2's import rules, checked on the source: who may import whom."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"split", "bottlenecks", "protos", "edge_server", "mobile_client", "simulators"}
+# split -> protos: the payload is the protocol's Payload message (see split/api.py's docstring).
+ALLOWED = {
+    "bottlenecks": set(),
+    "protos": set(),
+    "split": {"bottlenecks", "protos"},
+    "edge_server": {"split", "bottlenecks", "protos"},
+    "mobile_client": {"split", "bottlenecks", "protos"},
+    "simulators": {"split", "bottlenecks", "mobile_client"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found & PACKAGES
+
+
+def test_import_rules():
+    bad = []
+    for pkg, allowed in ALLOWED.items():
+        for path in (ROOT / pkg).rglob("*.py"):
+            for imported in _imports(path) - allowed - {pkg}:
+                bad.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert not bad, "\n".join(bad)
+
+
+def test_simulators_use_only_the_controller_of_mobile_client():
+    for path in (ROOT / "simulators").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mobile_client"):
+                assert node.module in ("mobile_client.controller", "mobile_client.estimators"), path
