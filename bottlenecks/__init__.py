@@ -11,10 +11,12 @@ from bottlenecks.codecs import (
     Uint8Codec,
     get_codec,
 )
-from bottlenecks.modules import Bottleneck
+from bottlenecks.modules import BOTTLENECK_KINDS, Bottleneck, BottleneckSpecError
 
 __all__ = [
+    "BOTTLENECK_KINDS",
     "Bottleneck",
+    "BottleneckSpecError",
     "CODEC_NAMES",
     "CodecError",
     "EncodedTensor",

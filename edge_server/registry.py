@@ -19,8 +19,8 @@ __all__ = ["ModelRegistry", "ServedModel"]
 class ServedModel:
     """A split model plus where its weights came from and a window of measured latencies.
 
-    Latencies are kept per payload kind ("split": tail, "offload": JPEG decode + full model)
-    so `Describe` can report medians the device's controller can plan with.
+    Latencies are kept under the keys of `splitedge profile` ("tail"; "offload_edge": JPEG
+    decode + full model), so `Describe` reports a profile the device's controller plans with.
     """
 
     model: SplitModel
@@ -40,7 +40,7 @@ class ServedModel:
         t0 = time.perf_counter()
         out = self.model.decode_message(payload)
         ms = (time.perf_counter() - t0) * 1e3
-        self.record("offload" if payload.tensor.codec == "jpeg" else "split", ms)
+        self.record("offload_edge" if payload.tensor.codec == "jpeg" else "tail", ms)
         return out, ms
 
     def warm_up(self, height: int = 480, width: int = 640) -> None:

@@ -10,11 +10,13 @@ from tqdm import tqdm
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
 
-from mobile_client.controller import Controller, ModeCosts
+from mobile_client.controller import MODES, Controller, ModeCosts, scaled
 from mobile_client.edge_client import EdgeClient
 from mobile_client.runtime import DeviceRuntime, RuntimeOptions
+from mobile_client.profiles import costs_from_profiles, read_profile
+from mobile_client.runtime import to_tensor
 from mobile_client.sinks import AnnotatedWriter, JsonlWriter, format_summary, summary_rows
-from mobile_client.sources import SourceError, open_source
+from mobile_client.sources import Frame, SourceError, open_source
 
 __all__ = ["main"]
 
@@ -25,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitedge run", description="Run the splitedge device client.")
     p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
     p.add_argument("--model", default=default_recipe().name, help="recipe name (must match the server's)")
-    p.add_argument("--mode", default="split", choices=FIXED_MODES)
+    p.add_argument("--mode", default="split", choices=(*FIXED_MODES, "auto"),
+                   help="auto: the controller picks per frame from the profiles and the measured link")
     p.add_argument("--source", required=True, help="image folder, video file, or camera:N")
     p.add_argument("--out", required=True, metavar="results.jsonl")
     p.add_argument("--save-annotated", metavar="DIR")
@@ -33,8 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="FILE")
     p.add_argument("--weights", metavar="ENUM")
     p.add_argument("--limit", type=int, help="stop after N frames")
+    p.add_argument("--loop", type=int, default=1, metavar="N", help="go over an image folder or video N times")
+    p.add_argument("--device-profile", metavar="P.json",
+                   help="auto mode: this device's profile (`splitedge profile`); default: measured on the first frame")
+    p.add_argument("--hysteresis", type=float, default=0.15, help="auto mode: relative gain needed to switch modes")
+    p.add_argument("--probe-interval", type=float, default=5.0, help="auto mode: seconds between probes of an unused link")
     p.add_argument("--min-score", type=float, default=0.0, help="drop detections below this score in the output")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a result before going local")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds of silence from the server before it is presumed gone (then local, and reconnect with backoff)")
     p.add_argument("--device-slowdown", type=float, default=1.0, metavar="K",
                    help="stand for a K times slower device: wait K-1 times each measured compute")
     return p
@@ -62,7 +70,15 @@ def main(command: str, argv: list[str]) -> int:
         model, weights = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
     except WeightsError as exc:
         return _fail(str(exc))
-    controller = Controller(ModeCosts(0, 0, 0, 0, 0, 0, 0), modes=(args.mode,))
+    frames = _frames(source, args.loop)
+    if args.mode == "auto":
+        try:
+            costs, frames = _auto_costs(model, args, frames)
+        except ValueError as exc:
+            return _fail(str(exc))
+        controller = Controller(costs, modes=MODES, hysteresis=args.hysteresis, probe_interval_s=args.probe_interval)
+    else:
+        controller = Controller(ModeCosts(0, 0, 0, 0, 0, 0, 0), modes=(args.mode,))
     client = EdgeClient(args.server) if args.mode != "local" else None
     options = RuntimeOptions(jpeg_quality=args.jpeg_quality, timeout_s=args.timeout, min_score=args.min_score,
                              device_slowdown=args.device_slowdown)
@@ -75,7 +91,8 @@ def main(command: str, argv: list[str]) -> int:
     records = []
     shown = 0
     try:
-        for frame in tqdm(source, total=len(source) or None, desc=f"{args.mode}", unit="frame", file=sys.stderr):
+        total = len(source) * args.loop if args.limit is None else min(len(source) * args.loop, args.limit)
+        for frame in tqdm(frames, total=total or None, desc=f"{args.mode}", unit="frame", file=sys.stderr):
             record = runtime.process(frame)
             writer.write(record)
             records.append(record)
@@ -95,3 +112,40 @@ def main(command: str, argv: list[str]) -> int:
     if records:
         print(format_summary(summary_rows(records)))
     return 0
+
+
+def _frames(source, loop: int):
+    """Frames of `loop` passes over the source, numbered on."""
+    index = 0
+    for _ in range(max(loop, 1)):
+        for frame in source:
+            yield Frame(index, frame.source, frame.rgb)
+            index += 1
+
+
+def _auto_costs(model, args, frames):
+    """The controller's costs: the device profile (given, or measured on the first frame),
+    scaled by the emulated device slowdown; edge times start as this device's own and are
+    replaced by the server's measured ones from `Describe` once connected."""
+    if args.device_profile:
+        profile = read_profile(args.device_profile)
+        if profile.get("model") != model.name:
+            raise ValueError(f"profile {args.device_profile} is for model {profile.get('model')!r}, not {model.name!r}")
+    else:
+        from split.profiling import profile_model
+
+        first = next(frames, None)
+        if first is None:
+            raise ValueError("the source has no frames")
+        print("auto: measuring this device's profile on the first frame ...", file=sys.stderr)
+        profile = profile_model(model, [], images=[to_tensor(first.rgb)], repeat=3, jpeg_quality=args.jpeg_quality,
+                                layers=False)
+        frames = _chain(first, frames)
+    costs = costs_from_profiles(profile, profile)
+    factor = args.device_slowdown / profile.get("device_slowdown", 1.0)
+    return (scaled(costs, factor) if factor != 1.0 else costs), frames
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest

@@ -8,7 +8,12 @@ Contract with the caller: call :meth:`Controller.choose` once per frame and
 execute the returned mode; report each finished remote frame with
 :meth:`Controller.observe` (and local ones with
 :meth:`Controller.observe_local`); report connection trouble with
-:meth:`Controller.server_failed` / :meth:`Controller.server_ok`.
+:meth:`Controller.server_failed` / :meth:`Controller.server_ok`. A remote
+decision may carry a deadline (``Decision.deadline_s``): if the result is
+not back by then, serve the frame locally and report
+:meth:`Controller.missed`; if that result arrives later after all, report
+:meth:`Controller.observe_late`. Tiny round trips timed at connect go to
+:meth:`Controller.observe_rtt`.
 
 Decisions, and why:
 
@@ -29,7 +34,10 @@ Decisions, and why:
   size distorting the next estimate).
 * **Initial choice (no bandwidth estimate yet)** — if no remote mode could
   beat local even on an infinitely fast link (its compute plus the known RTT
-  already exceeds local), pick local: no measurement is needed. Otherwise
+  already exceeds local), pick local: no measurement is needed (if it is the
+  measured RTT, not the compute, that rules remote out, one frame per
+  ``probe_interval_s`` re-checks it: a ping at connect may have met a
+  stall — the first delivery of a mahimahi trace can be 0.8 s in). Otherwise
   send *one* frame with the eligible remote mode with the fewest bytes
   (cheapest way to learn B, reason ``"no-estimate"``) and run locally until
   its result arrives; if none arrives, try again after ``probe_interval_s``.
@@ -37,17 +45,109 @@ Decisions, and why:
   The default estimator expires samples older than ``probe_interval_s``
   (relative to the newest), so one probe after a quiet spell replaces a
   stale estimate instead of being averaged with it.
-* **Probing** — a frame is sent remotely as a probe (reason ``"probe"``) only
-  when all of these hold: the mode chosen for it is local (a remote choice
-  measures the link anyway), a remote mode is eligible and the server is up,
-  the bandwidth estimate has had no sample for ``probe_interval_s``, the
+* **Probing** — besides the remote-to-remote probes described below, a
+  frame is sent remotely as a probe (reason ``"probe"``) only when all of
+  these hold: the mode chosen for it is local (a remote choice measures the
+  link anyway), a remote mode is eligible and the server is up, the
+  bandwidth estimate has had no sample for ``probe_interval_s``, the
   controller has been running for ``probe_interval_s`` (a prior is trusted
-  that long), and the last probe was at least ``probe_interval_s`` ago. So:
-  at most one probe per interval, one frame each. The probe uses the remote
-  mode with the lowest predicted latency — the one we would switch to, and
-  by the model's own account the cheapest. Its cost is bounded by one frame
-  per interval; the client's usual per-frame timeout and local fallback
-  bound that frame too.
+  that long), and the last probe was at least ``probe_interval_s`` ago
+  (longer when probes are expensive, see *Probe cost*). So: at most one
+  probe per interval, one frame each. The probe uses the remote mode with
+  the lowest predicted latency — the one we would switch to, and by the
+  model's own account the cheapest (while the RTT is unknown, the other
+  payload size, see below). Its cost is bounded by one frame per interval;
+  the client's usual per-frame timeout and local fallback bound that frame
+  too.
+* **Telling RTT from serialization** — the runtime times whole frames, so
+  with one payload size ``bytes/B + RTT`` has two unknowns, and the
+  estimator's fallback (RTT = 0) is exact for that size only: it overstates
+  a larger payload by ``(n/s - 1) * RTT`` (180 ms for a 27 KB JPEG after
+  5 KB split payloads on a 40 ms path), so a controller that started on
+  split would never leave it for offload. Found and checked with the
+  trace-driven simulator (``splitedge simulate``), hence:
+
+  - *two-size RTT*: a remote frame whose payload differs >= 1.5x from the
+    previous one, less than ``probe_interval_s`` later, gives the intercept
+    of the line through the two (the previous size as the estimator's
+    smoothed view when its last frames all had that size). Intercepts
+    outside ``[0, fastest recent network time]`` are dropped (the link
+    changed between the two, e.g. both met an outage); the median of the
+    last :data:`RTT_PAIRS` goes to the estimator as an RTT sample, so it
+    outlives the bandwidth samples (the propagation RTT hardly moves);
+  - *RTT probe*: while no RTT is known, a frame of the other payload size
+    is sent (reason ``"probe"``) if it could win for some RTT consistent
+    with what was seen, spaced by its predicted cost (see below) but at
+    most ``probe_interval_s`` apart; meanwhile predictions put the unknown
+    RTT at the middle of its feasible range ``[0, fastest network time
+    seen]`` rather than at 0, so neither size is favoured.
+
+* **Hysteresis is for noise, not for ever** — when hysteresis alone keeps
+  the current remote mode (the other remote mode is predicted faster, by
+  less than the margin), the next probe slot sends one frame of the other
+  (*runner-up probe*), and if the same mode has been predicted faster on
+  every decision for ``probe_interval_s``, the controller switches (a
+  time-to-trigger, as in cellular handover): a 14 % gain is not noise when
+  it persists, and a 15 % margin must not cost 15 % for good. Estimates
+  that alternate frame by frame still never switch.
+* **Probe cost** — every probe is spaced from the previous one by at least
+  its predicted extra time divided by :data:`PROBE_BUDGET` (2 %), so on a
+  link where a split payload takes seconds probing does not cost more than
+  it can find. Because that prediction comes from the last, possibly stale,
+  estimate (right after an outage it says "seconds" for a link that has
+  long recovered), the wait of a probe sent instead of a local frame is
+  capped at ``probe_interval_s``, doubled for each such probe in a row
+  after which local was still the choice, up to ``16 * probe_interval_s``
+  (:data:`PROBE_MAX_DOUBLINGS`): right after a collapse the link is
+  re-checked after 5, 10, 20, 40 s, and a link that stays bad costs at
+  most the budget.
+
+* **RTT from pings** — the live client times a few ``Describe`` calls when
+  it connects (the simulator the same tiny messages on its links) and gives
+  the fastest to :meth:`Controller.observe_rtt`, so the RTT is known before
+  the first frame and no frame is spent telling it apart from
+  serialization. Once an RTT has been measured that way, the two-size
+  identification above is no longer used: it assumes the rate held still
+  between the two transfers, and on cellular traces it gave RTTs half the
+  measured one, which made a 5 KB split payload's timing say 1.7 Mbit/s on a
+  10 Mbit/s link and kept the controller off offload (found with the
+  simulator on the TMobile trace).
+* **Deadlines** — a remote frame is waited for until ``max(deadline_factor
+  * p, p + deadline_slack * local)`` after its start (``p``: its predicted
+  latency, capped at local's; defaults 2 and 1, i.e. ``max(2p, p + local)``,
+  see :meth:`Controller.deadline_budget_s`), then served locally. Why that
+  long: a frame still in flight at ``t`` either finishes soon (the
+  prediction was a little short) or is caught in a stall of unknown length;
+  giving up costs a whole local run. Waiting ``local`` beyond the prediction
+  before paying ``local`` is the ski-rental rule (never more than about
+  twice the better of the two choices in hindsight), and the factor 2
+  keeps tiny predictions from giving up on ordinary jitter. Measured on the
+  24 shared traces (``splitedge simulate``, K=8, 2 fps): with slack 0.5, 22
+  of 47 abandoned frames had their result back less than a local run after
+  the deadline (waiting would have been faster); with 1.0, 12 of 32; with
+  1.5, 10 of 26, but the worst auto/oracle was highest with 1.5 (2.11
+  against 1.84 with 1.0, and 1.26 against 1.20 at 10 fps) and 0.5 was
+  worse than 1.0 at 10 fps (1.27) and for auto/best-fixed. Before deadlines
+  a frame sent into a 5 s outage cost 5 s plus everything queued behind
+  it. Only where local may serve the frame (it is in ``modes`` and meets
+  the accuracy constraint): otherwise there is no deadline.
+* **Stalls** — a missed deadline is news about the link, not a server
+  failure: the estimator gets a *bound* (the payload took longer than the
+  wait; :meth:`~mobile_client.estimators.LinkEstimator.observe_unfinished`),
+  the steady mode becomes local, and until a remote frame comes back in
+  time remote modes are used only as probes (reason ``"stalled"`` for the
+  local frames). Without that rule the bound alone reproduces the missed
+  deadline, which can still beat local, so hysteresis would send the next
+  frame into the same stall (and behind the abandoned payload, which TCP
+  is still sending). The stall ends as it began, with evidence: the late
+  result of the abandoned frame (:meth:`Controller.observe_late`) shows the
+  link delivers again, and the next frame is a probe at once; if that probe
+  misses too, later late results trigger probes only ``probe_interval_s *
+  2**(k-2) / 2`` after the previous one (k-th miss of the stall), so on a
+  link that stays too slow they thin out; and the usual probe schedule
+  runs meanwhile. A probe's deadline comes from the link as it was while
+  it delivered (the estimate without the bound), since the question it
+  asks is "is it back?".
 * **No server** — after :meth:`Controller.server_failed` every frame is local
   until the backoff expires (``backoff_initial_s`` doubling per consecutive
   failure up to ``backoff_max_s``); then remote modes are allowed again and
@@ -82,7 +182,26 @@ __all__ = [
 
 MODES: tuple[str, ...] = ("local", "split", "offload")
 REMOTE_MODES: tuple[str, ...] = ("split", "offload")
-REASONS: frozenset[str] = frozenset({"best", "hysteresis", "probe", "no-server", "no-estimate", "accuracy"})
+# Two payloads must differ at least this much in size for their times to separate RTT from
+# serialization (the same threshold as LinkEstimator's intercept fit).
+RTT_FIT_SIZE_RATIO = 1.5
+# How many recent remote transfers bound the RTT from above (none can be faster than the RTT).
+RTT_BOUND_TRANSFERS = 32
+# The RTT given to the estimator is the median of the last RTT_PAIRS two-size identifications:
+# each one is noisy on a bursty link, the propagation RTT they measure hardly moves.
+RTT_PAIRS = 9
+# Probes are spaced so that their predicted extra time is at most this fraction of the time.
+PROBE_BUDGET = 0.02
+# ... but a probe sent instead of a local frame waits at most 2**PROBE_MAX_DOUBLINGS probe intervals.
+PROBE_MAX_DOUBLINGS = 4
+# A remote frame's result is waited for at most max(DEADLINE_FACTOR * P, P + DEADLINE_SLACK * local) after the
+# frame started, P its predicted latency capped at local's (see Controller.deadline_budget_s).
+DEADLINE_FACTOR = 2.0
+DEADLINE_SLACK = 1.0
+# "deadline" is not a decision's reason but a frame's: a remote frame whose result missed its deadline and was
+# served locally (the runtime's and the simulator's records say so).
+REASONS: frozenset[str] = frozenset({"best", "hysteresis", "probe", "no-server", "no-estimate", "accuracy",
+                                     "stalled", "deadline"})
 
 
 @dataclass(frozen=True)
@@ -178,6 +297,9 @@ class Decision:
     reason: str = "best"
     bandwidth_bps: float | None = None
     rtt_s: float | None = None
+    # Remote modes: when (on the clock of ``choose``'s ``now_s``) to stop waiting for the result and serve the
+    # frame locally, then report :meth:`Controller.missed`. ``None``: wait (local, or local not allowed).
+    deadline_s: float | None = None
 
 
 class Controller:
@@ -202,6 +324,8 @@ class Controller:
         backoff_max_s: float = 8.0,
         adapt_compute: bool = True,
         compute_window: int = 9,
+        deadline_factor: float | None = DEADLINE_FACTOR,
+        deadline_slack: float = DEADLINE_SLACK,
     ) -> None:
         modes = tuple(modes)
         if not modes:
@@ -217,6 +341,9 @@ class Controller:
             raise ValueError(f"need 0 < backoff_initial_s <= backoff_max_s, got {backoff_initial_s}, {backoff_max_s}")
         if compute_window < 1:
             raise ValueError(f"compute_window must be >= 1, got {compute_window}")
+        if deadline_factor is not None and not (deadline_factor >= 1 and deadline_slack >= 0):
+            raise ValueError(f"need deadline_factor >= 1 (or None: no deadline) and deadline_slack >= 0, "
+                             f"got {deadline_factor}, {deadline_slack}")
         unknown = sorted(set(accuracy or {}) - set(MODES))
         if unknown:
             raise ValueError(f"unknown mode(s) in accuracy: {unknown}")
@@ -232,14 +359,27 @@ class Controller:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.adapt_compute = adapt_compute
+        self.deadline_factor = deadline_factor
+        self.deadline_slack = deadline_slack
 
         self._current: str | None = None
+        self._held_against: str | None = None  # the better-predicted mode hysteresis is holding off, and since when
+        self._held_since = 0.0
+        self._probed_from_local = False  # the last frame was a probe sent instead of a local frame
+        self._probe_misses = 0  # local probes in a row after which local was still the choice
+        self._pinged = False  # an RTT was measured with a payload-free round trip (observe_rtt)
+        self._stall_misses = 0  # deadline misses since the last remote frame that came back in time
+        self._link_back = False  # during a stall, a late result arrived: the link delivers again
+        self._last_miss_s = -math.inf
         self._started_s: float | None = None
         self._last_probe_s: float | None = None
         self._failures = 0
         self._retry_at_s = -math.inf
         self._device_ratios: deque[float] = deque(maxlen=compute_window)
         self._edge_ratios: deque[float] = deque(maxlen=compute_window)
+        # Recent remote transfers (at_s, payload bytes, network_s), for the two-size RTT (see observe).
+        self._transfers: deque[tuple[float, int, float]] = deque(maxlen=RTT_BOUND_TRANSFERS)
+        self._pair_rtts: deque[float] = deque(maxlen=RTT_PAIRS)  # RTTs identified from two sizes
 
     # ------------------------------------------------------------------ state
     @property
@@ -279,11 +419,34 @@ class Controller:
         rtt_or_0 = rtt if rtt is not None else 0.0
 
         all_pred = predict_latencies(costs, bps if bps is not None else math.nan, rtt_or_0)
+        raw_pred = all_pred
+        if bps is not None:
+            if rtt is None:
+                all_pred = self._neutral_rtt(all_pred, costs)
         shown = set(self.modes) | {"local"}
+        delivering: dict[str, float] = {}  # during a stall: predictions from the link as it was while it delivered
+        if self._stall_misses:
+            try:
+                bps_before = self.estimator.bandwidth_bps(bounded=False)
+            except TypeError:  # an estimator without bounds (see LinkEstimator.observe_unfinished)
+                bps_before = bps
+            if bps_before is not None:
+                delivering = predict_latencies(costs, bps_before, rtt_or_0)
+        # A remote frame gets a deadline only where local may serve it (DESIGN.md: local is the fallback when
+        # the server is down, but a mode the accuracy constraint excludes must not replace a late result).
+        local_allowed = "local" in self.modes and self.accuracy["local"] >= self.min_accuracy
         predicted = {m: v for m, v in all_pred.items() if m in shown and (m == "local" or bps is not None)}
 
         def decide(mode: str, reason: str) -> Decision:
-            return Decision(mode, predicted, reason, bps, rtt)
+            deadline = None
+            if mode in REMOTE_MODES and local_allowed and self.deadline_factor is not None:
+                p_ms = predicted.get(mode)
+                if self._stall_misses and mode in delivering:  # a probe asks "does it deliver again?"
+                    p_ms = delivering[mode]
+                if p_ms is None:  # no bandwidth estimate yet: the frame's compute and RTT on a perfect link
+                    p_ms = predict_latencies(costs, math.inf, rtt_or_0)[mode]
+                deadline = now_s + self.deadline_budget_s(p_ms, costs.t_full_device_ms)
+            return Decision(mode, predicted, reason, bps, rtt, deadline)
 
         if self._failures and now_s < self._retry_at_s:
             self._current = "local"
@@ -294,13 +457,18 @@ class Controller:
         if nothing_meets:
             eligible = [max(self.modes, key=lambda m: self.accuracy[m])]
         remote = [m for m in eligible if m in REMOTE_MODES]
+        # A stall (a remote frame missed its deadline, none came back in time since): remote modes only as probes.
+        # Only a frame with a deadline can miss it, so local is eligible here.
+        stalled = self._stall_misses > 0 and "local" in eligible
 
-        if bps is None and remote:
+        if bps is None and remote and not stalled:
             return self._choose_without_estimate(now_s, costs, eligible, remote, rtt_or_0, decide)
 
-        best = min(eligible, key=lambda m: predicted[m])
+        best = min(["local"] if stalled else eligible, key=lambda m: predicted[m])
         fastest = min((m for m in self.modes if m in predicted), key=lambda m: predicted[m])
         reason = "accuracy" if nothing_meets or fastest not in eligible else "best"
+        if stalled:
+            reason = "stalled"
         chosen = best
         cur = self._current
         if (
@@ -309,12 +477,42 @@ class Controller:
             and cur in eligible
             and predicted[best] >= (1.0 - self.hysteresis) * predicted[cur]
         ):
-            chosen, reason = cur, "hysteresis"
+            if self._held_against != best:
+                self._held_against, self._held_since = best, now_s
+            if now_s - self._held_since < self.probe_interval_s:
+                chosen, reason = cur, "hysteresis"
+        if chosen != cur or reason != "hysteresis":
+            self._held_against = None
         self._current = chosen
 
-        if chosen == "local" and remote and self._probe_due(now_s):
+        if self._probed_from_local:  # the previous frame was a probe sent instead of a local frame
+            self._probed_from_local = False
+            self._probe_misses = self._probe_misses + 1 if chosen == "local" else 0
+        other, min_spacing_s, cap_s = None, self.probe_interval_s, math.inf
+        if chosen in REMOTE_MODES:
+            if rtt is None:  # RTT not yet told apart from serialization: measure the other size
+                other = self._rtt_probe_mode(remote, costs, raw_pred, predicted[chosen])
+                # A one-off until the RTT is known: spaced by its cost, but never more than an interval.
+                min_spacing_s, cap_s = 0.0, self.probe_interval_s
+            elif reason == "hysteresis" and best in REMOTE_MODES:  # too close to call: measure the runner-up
+                other = best
+        elif chosen == "local" and remote and stalled and self._link_back and self._stall_probe_ok(now_s):
+            # A late result arrived: the link delivers again. Probe now (bounded by its deadline); probes that
+            # keep missing back off (see _stall_probe_ok), and without that evidence the usual schedule applies.
+            self._link_back = False
+            size = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+            other = min(remote, key=lambda m: (predicted.get(m, math.inf), size[m]))
+            min_spacing_s, cap_s = 0.0, 0.0
+        elif chosen == "local" and remote and self._probe_due(now_s):
+            other = self._rtt_probe_mode(remote, costs, raw_pred, predicted["local"]) if rtt is None else None
+            other = other or min(remote, key=lambda m: predicted.get(m, math.inf))
+            cap_s = self.probe_interval_s * 2.0 ** min(self._probe_misses, PROBE_MAX_DOUBLINGS)
+        # (A remote mode has no prediction only in a stall met before any bandwidth estimate.)
+        if other is not None and other != chosen \
+                and self._may_probe(now_s, predicted.get(other, math.inf) - predicted[chosen], min_spacing_s, cap_s):
             self._last_probe_s = now_s
-            return decide(min(remote, key=lambda m: predicted[m]), "probe")
+            self._probed_from_local = chosen == "local"
+            return decide(other, "probe")
         return decide(chosen, reason)
 
     def _choose_without_estimate(
@@ -329,32 +527,109 @@ class Controller:
         # Lower bound of each remote mode: its compute and the RTT on an infinitely fast link.
         bound = predict_latencies(costs, math.inf, rtt_s)
         local_ok = "local" in eligible
+        nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
         if local_ok:
-            remote = [m for m in remote if bound[m] < costs.t_full_device_ms]
-            if not remote:
+            winnable = [m for m in remote if bound[m] < costs.t_full_device_ms]
+            if not winnable:
                 self._current = "local"
+                # Compute alone rules remote out for good; an RTT is a measurement (one ping at connect may have
+                # met a stall), so where only the RTT does, one frame per probe interval checks it.
+                could = [m for m in remote if predict_latencies(costs, math.inf, 0.0)[m] < costs.t_full_device_ms]
+                if could and rtt_s > 0 and self._probe_due_without_estimate(now_s):
+                    self._last_probe_s = now_s
+                    return decide(min(could, key=lambda m: (nbytes[m], bound[m])), "probe")
                 return decide("local", "best")
+            remote = winnable
         may_measure = self._last_probe_s is None or now_s - self._last_probe_s >= self.probe_interval_s
         if may_measure or not local_ok:
             if may_measure:
                 self._last_probe_s = now_s
-            nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
             return decide(min(remote, key=lambda m: (nbytes[m], bound[m])), "no-estimate")
         self._current = "local"
         return decide("local", "no-estimate")
 
+    def _may_probe(self, now_s: float, excess_ms: float, min_spacing_s: float, cap_s: float = math.inf) -> bool:
+        """At most one probe per ``min_spacing_s``, and fewer when probes are expensive.
+
+        A probe predicted to take ``excess_ms`` longer than the frame would
+        have taken otherwise waits ``excess / PROBE_BUDGET`` after the
+        previous one if that is longer, so probing costs at most
+        :data:`PROBE_BUDGET` of the time: on a link so slow that a split
+        payload takes seconds, probing every 5 s would cost more than it
+        could ever find. That wait is capped by ``cap_s``: the prediction
+        comes from the last, possibly stale, estimate — right after an outage
+        it says "seconds" for a link that has long recovered — so local
+        probes wait at most ``probe_interval_s``, doubled for each probe in
+        a row that found the link still not worth using.
+        """
+        if self._last_probe_s is None:
+            return True
+        spacing = max(min_spacing_s, min(max(0.0, excess_ms) / 1000.0 / PROBE_BUDGET, cap_s))
+        return now_s - self._last_probe_s >= spacing
+
+    def _stall_probe_ok(self, now_s: float) -> bool:
+        """During a stall, whether a late result may trigger a probe: the first at once, then backing off.
+
+        The k-th miss of a stall allows the next evidence-triggered probe
+        ``probe_interval_s * 2**(k-2) / 2`` after the previous probe (none
+        for k = 1): on a link that recovers, the probe comes as soon as the
+        late result says so; on a link that stays too slow for remote (whose
+        late results keep arriving), the failed probes thin out.
+        """
+        if self._stall_misses <= 1 or self._last_probe_s is None:
+            return True
+        wait = 0.5 * self.probe_interval_s * 2.0 ** min(self._stall_misses - 2, PROBE_MAX_DOUBLINGS)
+        return now_s - self._last_probe_s >= wait
+
+    def _probe_due_without_estimate(self, now_s: float) -> bool:
+        if self._started_s is None or now_s - self._started_s < self.probe_interval_s:
+            return False
+        return self._last_probe_s is None or now_s - self._last_probe_s >= self.probe_interval_s
+
     def _probe_due(self, now_s: float) -> bool:
         if self._started_s is None or now_s - self._started_s < self.probe_interval_s:
             return False
-        if self.estimator.age_s(now_s) < self.probe_interval_s:
-            return False
-        return self._last_probe_s is None or now_s - self._last_probe_s >= self.probe_interval_s
+        return self.estimator.age_s(now_s) >= self.probe_interval_s
+
+    def _rtt_probe_mode(self, remote: list[str], costs: ModeCosts, raw_ms: Mapping[str, float],
+                        to_beat_ms: float) -> str | None:
+        """The remote mode whose payload would tell RTT apart from serialization, if one is worth a frame.
+
+        That is one whose payload size differs enough from the last remote
+        transfer's for a two-size fit (:data:`RTT_FIT_SIZE_RATIO`) and that
+        could beat ``to_beat_ms`` for *some* RTT consistent with what was
+        seen: ``raw_ms`` are the predictions with RTT = 0, and an RTT of up
+        to the fastest network time seen, ``t``, takes ``(n/s - 1) * t`` off
+        a payload ``n`` larger than the one measured, ``s``. So a probe that
+        cannot win whatever the RTT (a JPEG on a link that takes seconds for
+        the split payload) is never sent. The most promising if several.
+        """
+        if not self._transfers:
+            return None
+        seen = self._transfers[-1][1]
+        fastest_s = min(t for _, _, t in self._transfers)
+        nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        optimistic = {m: raw_ms[m] - max(0.0, nbytes[m] / max(seen, 1) - 1.0) * fastest_s * 1000.0 for m in remote}
+        candidates = [
+            m for m in remote
+            if optimistic[m] < to_beat_ms
+            and max(nbytes[m], seen) >= RTT_FIT_SIZE_RATIO * max(min(nbytes[m], seen), 1)
+        ]
+        return min(candidates, key=lambda m: optimistic[m]) if candidates else None
 
     # ------------------------------------------------------------ observation
     def observe(self, mode: str, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
         """Report a finished remote frame: payload bytes, send-to-result time, and the server's own time."""
         if mode not in REMOTE_MODES:
             raise ValueError(f"observe() is for remote modes {REMOTE_MODES}; use observe_local() for {mode!r}")
+        self._stall_misses, self._link_back = 0, False  # a result in time: the stall, if any, is over
+        if math.isfinite(total_s) and math.isfinite(server_s) and nbytes >= 0:
+            network_s = max(0.0, total_s - server_s)
+            rtt = None if self._pinged else self._two_size_rtt(nbytes, network_s, now_s)
+            if rtt is not None:  # before the transfer, so its bandwidth sample already uses it
+                self._pair_rtts.append(rtt)
+                self.estimator.observe_rtt(median(self._pair_rtts), now_s)
+            self._transfers.append((now_s, int(nbytes), network_s))
         self.estimator.observe_transfer(nbytes, total_s, server_s, now_s)
         if mode == "split":
             expected_ms = self.costs.t_tail_edge_ms
@@ -363,13 +638,125 @@ class Controller:
         if expected_ms > 0 and math.isfinite(server_s) and server_s > 0:
             self._edge_ratios.append(server_s * 1000.0 / expected_ms)
 
+    def _neutral_rtt(self, predicted: dict[str, float], costs: ModeCosts) -> dict[str, float]:
+        """Predictions with the unidentified RTT at the middle of its feasible range instead of at 0.
+
+        With no RTT the estimator counts the whole network time as
+        serialization (RTT = 0), which is exact for the payload size it saw
+        but overstates a larger payload by ``(n/s - 1) * RTT`` and understates
+        a smaller one: the choice would lean towards the smaller payload. The
+        RTT lies in ``[0, fastest network time seen]``; its midpoint favours
+        neither size until a two-size measurement tells.
+        """
+        if not self._transfers:
+            return predicted
+        seen = self._transfers[-1][1]
+        guess_s = 0.5 * min(t for _, _, t in self._transfers)
+        if seen <= 0:
+            return predicted
+        out = dict(predicted)
+        floor = predict_latencies(costs, math.inf, 0.0)
+        for m, n in (("split", costs.bytes_split), ("offload", costs.bytes_jpeg)):
+            out[m] = max(floor[m], out[m] - (n / seen - 1.0) * guess_s * 1000.0)
+        return out
+
+    def _two_size_rtt(self, nbytes: int, network_s: float, now_s: float) -> float | None:
+        """RTT from this transfer and the previous one when their sizes differ enough (see the module docstring).
+
+        Two points of ``network = RTT + bytes * 8 / B`` taken less than
+        ``probe_interval_s`` apart. The intercept must lie in ``[0, fastest
+        network time of the last RTT_BOUND_TRANSFERS transfers]`` (no
+        transfer beats the RTT): one outside it, or a slope that is not
+        positive, means the link changed between the two (e.g. both met an
+        outage), and the pair is dropped rather than clamped, since a wrong
+        RTT would bias every bandwidth sample after it.
+        """
+        if not self._transfers:
+            return None
+        at, n1, t1 = self._transfers[-1]
+        n2, t2 = int(nbytes), network_s
+        if now_s - at >= self.probe_interval_s or min(n1, n2) <= 0:
+            return None
+        if max(n1, n2) < RTT_FIT_SIZE_RATIO * min(n1, n2):
+            return None
+        bps, rtt_now = self.estimator.bandwidth_bps(), self.estimator.rtt_s()
+        if bps is not None and bps > 0 and all(n == n1 for _, n, _ in list(self._transfers)[-3:]):
+            # The previous size as the estimator sees it (smoothed over its window), not one noisy sample.
+            t1 = n1 * 8.0 / bps + (rtt_now or 0.0)
+        slope = (t2 - t1) / (n2 - n1)
+        if slope <= 0:
+            return None
+        rtt = t1 - slope * n1
+        bound = min(t2, min(t for _, _, t in self._transfers))
+        return rtt if 0.0 <= rtt <= bound else None
+
+    def deadline_budget_s(self, predicted_ms: float, local_ms: float) -> float:
+        """How long after its start a remote frame predicted to take ``predicted_ms`` is waited for.
+
+        ``max(deadline_factor * p, p + deadline_slack * local_ms)`` with ``p =
+        min(predicted_ms, local_ms)``: the prediction plus a margin for its
+        noise that scales with what giving up costs (the local run that then
+        serves the frame). ``p`` is capped at local's time because a remote
+        frame is only worth waiting for while it can still beat local; a
+        probe predicted from a stale, pessimistic estimate would otherwise
+        get an unbounded deadline. ``inf`` with ``deadline_factor=None``.
+        """
+        if self.deadline_factor is None:
+            return math.inf
+        p = min(max(predicted_ms, 0.0), local_ms)
+        return max(self.deadline_factor * p, p + self.deadline_slack * local_ms) / 1000.0
+
+    def missed(self, mode: str, nbytes: int, waited_s: float, now_s: float) -> None:
+        """Report a remote frame whose result had not arrived at its deadline (it was then served locally).
+
+        ``waited_s``: from sending the payload to giving up. This is news
+        about the link, not a server failure: the estimator gets a bound on
+        the bandwidth (the payload took longer than that), the steady mode
+        becomes local, and until a remote frame comes back in time remote
+        modes are used only as probes (reason ``"stalled"``; see the module
+        docstring). A result that arrives after all goes to
+        :meth:`observe_late`.
+        """
+        if mode not in REMOTE_MODES:
+            raise ValueError(f"missed() is for remote modes {REMOTE_MODES}, got {mode!r}")
+        self._stall_misses += 1
+        self._link_back = False
+        self._last_miss_s = now_s
+        self._current = "local"
+        self._held_against = None
+        costs = self.effective_costs()
+        edge_ms = costs.t_tail_edge_ms if mode == "split" else costs.t_jpeg_decode_edge_ms + costs.t_full_edge_ms
+        observe_unfinished = getattr(self.estimator, "observe_unfinished", None)
+        if observe_unfinished is not None and math.isfinite(waited_s):
+            observe_unfinished(nbytes, waited_s, edge_ms / 1000.0, now_s)
+
+    def observe_late(self, mode: str, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
+        """Report the result of a frame that had missed its deadline, arriving ``total_s`` after it was sent.
+
+        Its time includes the stall, so it is not a bandwidth sample (a stall
+        is not a rate, see :mod:`mobile_client.estimators`); what it says is
+        that the link delivers again, so during a stall the next frame is a
+        probe (once per stall).
+        """
+        if mode not in REMOTE_MODES:
+            raise ValueError(f"observe_late() is for remote modes {REMOTE_MODES}, got {mode!r}")
+        if self._stall_misses and now_s >= self._last_miss_s:  # older news says nothing about the latest stall
+            self._link_back = True
+
     def observe_local(self, seconds: float, now_s: float) -> None:
         """Report a finished local frame's compute time, so a throttled device is noticed."""
         if self.costs.t_full_device_ms > 0 and math.isfinite(seconds) and seconds > 0:
             self._device_ratios.append(seconds * 1000.0 / self.costs.t_full_device_ms)
 
     def observe_rtt(self, rtt_s: float, now_s: float) -> None:
-        """Report a payload-free round trip (ping, health check): the cleanest RTT sample."""
+        """Report a payload-free round trip (ping, health check): the cleanest RTT sample.
+
+        Once one is given, RTTs are no longer inferred from pairs of payload
+        sizes (see the module docstring): those assume the rate did not move
+        between the two transfers, which a cellular link does not promise.
+        """
+        if math.isfinite(rtt_s) and rtt_s >= 0:
+            self._pinged = True
         self.estimator.observe_rtt(rtt_s, now_s)
 
     # ---------------------------------------------------------------- server

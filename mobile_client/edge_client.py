@@ -1,11 +1,23 @@
 """The device's gRPC client: one long-lived `Infer` stream, results matched by frame id.
 
-A reader thread moves results from the stream to a queue, so waiting for a result can time
-out: a server that stops answering must not hang the device, it must send it to local mode.
+A reader thread moves results from the stream to a queue, timestamped on arrival, so waiting
+for a result can time out. Two kinds of waiting end differently:
+
+* **A frame's deadline passed** (``infer(..., deadline_s=...)``): the controller gave up on
+  *this* frame, which the device then serves locally. That says the link is slow or stalled
+  right now, not that the server is gone, so the stream stays up: the frame is remembered,
+  and its result, if it still comes, is kept for :meth:`EdgeClient.take_late` (the runtime
+  tells the controller, whose stall then ends sooner) instead of being mistaken for the next
+  frame's.
+* **The server stopped answering**: nothing at all has come back for ``timeout_s`` since the
+  oldest frame still waiting for its result was sent (or since the last result, if later).
+  Then the stream is dropped and :class:`EdgeUnavailable` raised, and the runtime goes local
+  and reconnects with the controller's backoff.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -15,13 +27,30 @@ import grpc
 from protos import splitedge_pb2 as pb
 from protos import splitedge_pb2_grpc as pb_grpc
 
-__all__ = ["EdgeClient", "EdgeUnavailable"]
+__all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult"]
 
 _DONE = object()
 
 
 class EdgeUnavailable(RuntimeError):
     """The server cannot be reached, or the stream broke or stopped answering."""
+
+
+class DeadlineExceeded(TimeoutError):
+    """A frame's result did not arrive by its deadline; the stream is kept (the server is not presumed dead)."""
+
+    def __init__(self, message: str, waited_s: float) -> None:
+        super().__init__(message)
+        self.waited_s = waited_s  # from sending the frame to giving up
+
+
+class LateResult:
+    """The result of a frame whose deadline had passed: ``seconds`` after it was sent, at ``arrived`` (perf_counter)."""
+
+    __slots__ = ("frame_id", "result", "seconds", "arrived")
+
+    def __init__(self, frame_id: int, result: pb.Result, seconds: float, arrived: float) -> None:
+        self.frame_id, self.result, self.seconds, self.arrived = frame_id, result, seconds, arrived
 
 
 class EdgeClient:
@@ -33,6 +62,9 @@ class EdgeClient:
         self._requests: queue.Queue | None = None
         self._results: queue.Queue | None = None
         self._call = None
+        self._pending: dict[int, float] = {}  # frame id -> perf_counter when sent, until its result arrives
+        self._late: list[LateResult] = []
+        self._last_heard = -math.inf  # perf_counter of the last result received
         self.description: pb.DescribeResponse | None = None
 
     def connect(self, timeout_s: float = 5.0) -> pb.DescribeResponse:
@@ -51,6 +83,21 @@ class EdgeClient:
             self.max_message_bytes = min(self.max_message_bytes, int(self.description.max_message_bytes))
         return self.description
 
+    def ping(self, timeout_s: float = 5.0) -> float:
+        """Seconds for one `Describe` round trip on the open channel: a tiny message each way, i.e. the RTT.
+
+        (The first call on a new channel also pays for the TCP and HTTP/2
+        handshakes; :meth:`connect` has made it.)
+        """
+        if self._stub is None:
+            raise EdgeUnavailable(f"{self.target}: not connected")
+        t0 = time.perf_counter()
+        try:
+            self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}") from None
+        return time.perf_counter() - t0
+
     @property
     def connected(self) -> bool:
         return self._stub is not None
@@ -63,16 +110,24 @@ class EdgeClient:
         def read() -> None:
             try:
                 for result in call:
-                    results.put(result)
-                results.put(EdgeUnavailable(f"{self.target}: the server closed the stream"))
+                    results.put((result, time.perf_counter()))
+                results.put((EdgeUnavailable(f"{self.target}: the server closed the stream"), time.perf_counter()))
             except grpc.RpcError as exc:
-                results.put(EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}"))
+                results.put((EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}"), time.perf_counter()))
 
         threading.Thread(target=read, name="splitedge-results", daemon=True).start()
         self._requests, self._results, self._call = requests, results, call
 
-    def infer(self, frame: pb.Frame, timeout_s: float = 30.0) -> tuple[pb.Result, float]:
-        """Send one frame and wait for its result; returns it and the send-to-result seconds."""
+    def infer(self, frame: pb.Frame, timeout_s: float = 30.0,
+              deadline_s: float | None = None) -> tuple[pb.Result, float]:
+        """Send one frame and wait for its result; returns it and the send-to-result seconds.
+
+        ``deadline_s``: give up on this frame that many seconds after sending
+        it, raising :class:`DeadlineExceeded` with the stream left up.
+        ``timeout_s``: how long the server may stay silent before it is
+        presumed gone (:class:`EdgeUnavailable`, stream dropped); see the
+        module docstring.
+        """
         if self._stub is None:
             raise EdgeUnavailable(f"{self.target}: not connected")
         size = frame.ByteSize()
@@ -81,19 +136,51 @@ class EdgeClient:
         if self._call is None:
             self._open_stream()
         t0 = time.perf_counter()
+        self._pending[frame.frame_id] = t0
         self._requests.put(frame)
+        give_up = t0 + deadline_s if deadline_s is not None else math.inf
         while True:
+            silent_since = max(self._last_heard, min(self._pending.values(), default=t0))
+            dead_at = silent_since + timeout_s
             try:
-                item = self._results.get(timeout=timeout_s)
+                item, at = self._results.get(timeout=max(0.0, min(give_up, dead_at) - time.perf_counter()))
             except queue.Empty:
-                self._drop_stream()
-                raise EdgeUnavailable(f"{self.target}: no result for frame {frame.frame_id} in {timeout_s:.0f} s") from None
+                if dead_at <= give_up:
+                    self._drop_stream()
+                    raise EdgeUnavailable(f"{self.target}: no result for frame {frame.frame_id} "
+                                          f"and nothing else in {timeout_s:g} s") from None
+                raise DeadlineExceeded(f"{self.target}: no result for frame {frame.frame_id} "
+                                       f"within its deadline of {deadline_s:.3f} s", time.perf_counter() - t0) from None
             if isinstance(item, EdgeUnavailable):
                 self._drop_stream()
                 raise item
+            self._last_heard = at
+            sent = self._pending.pop(item.frame_id, None)
             if item.frame_id == frame.frame_id:
-                return item, time.perf_counter() - t0
-            # A result for an earlier frame that had timed out: it is late, skip it.
+                return item, at - t0
+            if sent is not None:  # a frame given up on earlier: its result came late
+                self._late.append(LateResult(item.frame_id, item, at - sent, at))
+
+    def take_late(self) -> list[LateResult]:
+        """Results of frames given up on (deadline passed) that have arrived since the last call, oldest first.
+
+        Also collects what arrived while no frame was being waited for.
+        """
+        if self._results is not None:
+            while True:
+                try:
+                    item, at = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, EdgeUnavailable):  # leave it for the next infer() to raise
+                    self._results.put((item, at))
+                    break
+                self._last_heard = at
+                sent = self._pending.pop(item.frame_id, None)
+                if sent is not None:
+                    self._late.append(LateResult(item.frame_id, item, at - sent, at))
+        late, self._late = self._late, []
+        return late
 
     def _drop_stream(self) -> None:
         if self._call is not None:
@@ -101,6 +188,9 @@ class EdgeClient:
         if self._requests is not None:
             self._requests.put(_DONE)
         self._call = self._requests = self._results = None
+        self._pending.clear()
+        self._late.clear()
+        self._last_heard = -math.inf
 
     def close(self) -> None:
         self._drop_stream()

@@ -31,6 +31,20 @@ Decisions, and why:
   then sends one probe). Without it a harmonic mean of four stale slow
   samples and one fresh fast one would still read "slow", and recovery
   would take ``window`` probes; with it the probe speaks for the link now.
+* **A transfer that did not finish is a bound, not a sample**
+  (:meth:`BandwidthEstimator.bound`). When a remote frame misses its
+  deadline (the runtime then serves it locally), all that is known is that
+  its bytes took *longer* than the time waited: the rate is *at most*
+  ``bytes / waited``. Averaging that censored value with the others as if it
+  were a measurement is wrong both ways: it understates how slow the link
+  is now (one such value among four good ones leaves the harmonic mean high
+  enough to send the next frame into the same stall, and the next), and,
+  once the link is back, it drags the mean down for ``window`` transfers,
+  because a stall is not a slow rate but a pause of unknown length that no
+  rate average represents. So it caps the estimate (``min(mean, bound)``)
+  until the next transfer that does finish in time, and never enters the
+  mean. Stalls are the deadline's business; the mean describes the link
+  while it delivers.
 * **Separating RTT from serialization** (:class:`LinkEstimator`): see its
   docstring.
 
@@ -100,6 +114,7 @@ class BandwidthEstimator:
         self._rates: deque[tuple[float, float]] = deque(maxlen=window)
         self._samples = 0
         self._last_at: float | None = None
+        self._bound: tuple[float, float] | None = None  # (at_s, bps): a transfer that did not finish
 
     def observe(self, nbytes: int, seconds: float, at_s: float) -> bool:
         """Record that ``nbytes`` took ``seconds`` to serialize; return whether it was used.
@@ -112,15 +127,40 @@ class BandwidthEstimator:
             return False
         self._rates.append((at_s, nbytes * 8.0 / seconds))
         self._samples += 1
-        self._last_at = at_s
+        self._last_at = at_s if self._last_at is None else max(self._last_at, at_s)
+        if self._bound is not None and at_s >= self._bound[0]:
+            self._bound = None  # a transfer finished after the one that did not: the link delivers again
         return True
 
-    def estimate_bps(self) -> float | None:
-        """Harmonic mean of the window (bits/s), the prior before any sample, else ``None``."""
+    def bound(self, nbytes: int, seconds: float, at_s: float) -> bool:
+        """Record that ``nbytes`` had *not* gone through after ``seconds``: the rate is at most ``nbytes/seconds``.
+
+        The estimate is capped by that rate until a transfer observed at or
+        after ``at_s`` finishes (see the module docstring); it never enters
+        the mean. A later bound replaces an earlier one. Counts for
+        :meth:`age_s` (it is news about the link), not for :attr:`samples`.
+        """
+        if nbytes <= 0 or not math.isfinite(seconds) or seconds <= 0:
+            return False
+        self._bound = (at_s, nbytes * 8.0 / seconds)
+        self._last_at = at_s if self._last_at is None else max(self._last_at, at_s)
+        return True
+
+    @property
+    def bounded(self) -> bool:
+        """Whether a transfer that did not finish caps the estimate now."""
+        return self._bound is not None
+
+    def estimate_bps(self, *, bounded: bool = True) -> float | None:
+        """Harmonic mean of the window (bits/s), capped by a pending bound; the prior before any sample, else ``None``.
+
+        ``bounded=False``: the mean alone, i.e. the link as it was while it delivered.
+        """
         rates = _recent(self._rates, self.max_age_s)
-        if not rates:
-            return self.initial_bps
-        return len(rates) / sum(1.0 / r for r in rates)
+        mean = len(rates) / sum(1.0 / r for r in rates) if rates else self.initial_bps
+        if self._bound is None or not bounded:
+            return mean
+        return self._bound[1] if mean is None else min(mean, self._bound[1])
 
     @property
     def samples(self) -> int:
@@ -252,12 +292,29 @@ class LinkEstimator:
         floor = self.min_serialization_fraction * network_s
         self.bandwidth.observe(nbytes, max(network_s - rtt, floor), at_s)
 
+    def observe_unfinished(self, nbytes: int, waited_s: float, server_s: float, at_s: float) -> None:
+        """Feed a remote frame whose result had not come back after ``waited_s`` (its deadline passed).
+
+        Its network time is at least ``waited_s - server_s`` (``server_s``:
+        what the server would have needed), so the rate is at most
+        ``nbytes / (that - RTT)``: a bound on the bandwidth
+        (:meth:`BandwidthEstimator.bound`), not a sample, and not a point for
+        the intercept fit.
+        """
+        if not (_finite_nonneg(waited_s) and _finite_nonneg(server_s)) or nbytes < self.min_bytes:
+            return
+        network_s = max(0.0, waited_s - server_s)
+        rtt = self.rtt_s() or 0.0
+        floor = self.min_serialization_fraction * network_s
+        self.bandwidth.bound(nbytes, max(network_s - rtt, floor), at_s)
+
     def observe_rtt(self, rtt_s: float, at_s: float) -> None:
         """Feed an explicit round trip with no payload (a ping, a health check)."""
         self.rtt.observe(rtt_s, at_s)
 
-    def bandwidth_bps(self) -> float | None:
-        return self.bandwidth.estimate_bps()
+    def bandwidth_bps(self, *, bounded: bool = True) -> float | None:
+        """The bandwidth estimate; ``bounded=False`` ignores a pending bound (see :meth:`observe_unfinished`)."""
+        return self.bandwidth.estimate_bps(bounded=bounded)
 
     def rtt_s(self) -> float | None:
         """Measured RTT if any, else the fitted intercept, else the prior, else ``None``."""

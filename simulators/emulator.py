@@ -141,6 +141,7 @@ class LinkEmulator:
         self.coalesce_s = coalesce_ms / 1000.0
         self._server: asyncio.base_events.Server | None = None
         self._t0 = 0.0
+        self._clock_started = False
         self._conns: set[asyncio.Task[None]] = set()
 
     @property
@@ -155,13 +156,17 @@ class LinkEmulator:
         return len(self._conns)
 
     def now(self) -> float:
-        """Emulator clock: seconds since start, the time axis of the traces."""
+        """Emulator clock, the time axis of the traces: seconds since the first connection.
+
+        Starting the trace with the first connection (not with `start`) means a client that
+        takes a while to start up still meets the trace from its beginning."""
         return time.monotonic() - self._t0
 
     async def start(self) -> None:
         self.up.reset()
         self.down.reset()
         self._t0 = time.monotonic()
+        self._clock_started = False
         self._server = await asyncio.start_server(self._on_connect, *self.listen)
 
     async def stop(self) -> None:
@@ -186,6 +191,11 @@ class LinkEmulator:
     async def _on_connect(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if not self._clock_started:
+            self._clock_started = True
+            self.up.reset()
+            self.down.reset()
+            self._t0 = time.monotonic()
         self._conns.add(task)
         try:
             await self._proxy(c_reader, c_writer)

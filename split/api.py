@@ -12,6 +12,7 @@ table, since `encode` must return the bytes the edge will read. Tensor byte layo
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 from functools import lru_cache
@@ -106,7 +107,8 @@ class SplitModel:
     """A model cut at `at`: `.head` and `.tail` are plain modules; payloads carry the sizes."""
 
     def __init__(self, model: nn.Module, at: str, bottleneck: Bottleneck | None = None,
-                 codec: TensorCodec | str = "float32", name: str = "", **adapter_options: Any) -> None:
+                 codec: TensorCodec | str = "float32", name: str = "", own_head: bool = False,
+                 **adapter_options: Any) -> None:
         self.model = model.eval()
         self.adapter = adapter_for(model, **adapter_options)
         self.family = self.adapter.family
@@ -134,21 +136,38 @@ class SplitModel:
         if self.bottleneck is not None and self.bottleneck.in_channels != self.split_channels:
             raise ValueError(f"bottleneck expects {self.bottleneck.in_channels} channels, "
                              f"split point {at!r} has {self.split_channels}")
-        self.head = Head(stages[: k + 1], self.bottleneck.encoder if self.bottleneck else None).eval()
+        head_stages = stages[: k + 1]
+        if own_head:  # a trainable copy: distillation changes it, the original model stays intact
+            head_stages = [Stage(s.name, copy.deepcopy(s.module), s.tap, s.tap_fn) for s in head_stages]
+        self.head = Head(head_stages, self.bottleneck.encoder if self.bottleneck else None).eval()
         self.tail = Tail(self.adapter, stages[k].tap, stages[k + 1 :], self.bottleneck).eval()
         self.wire_channels = self.bottleneck.channels if self.bottleneck else self.split_channels
+        self.prefilter: nn.Module | None = None  # anything with .keep(features) -> bool
         self._jpeg = JpegCodec()
 
     # -- device side -------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, images: list[Tensor]) -> list[bytes]:
-        """Head + bottleneck encoder + codec; one self-contained payload per image."""
-        return [self.encode_message(img).SerializeToString() for img in images]
+        """Head + bottleneck encoder + codec; one self-contained payload per image.
+
+        A frame the prefilter drops gives `b""`: nothing is sent for it."""
+        out = []
+        for img in images:
+            msg = self.encode_message(img)
+            out.append(msg.SerializeToString() if msg is not None else b"")
+        return out
 
     @torch.inference_mode()
-    def encode_message(self, image: Tensor) -> pb.Payload:
+    def encode_message(self, image: Tensor) -> pb.Payload | None:
+        """The payload of one frame, or None when the prefilter finds nothing of interest.
+
+        The prefilter sees the split point's features before the bottleneck, which the head
+        computes anyway: filtering costs only the prefilter's own few convolutions."""
         sizes = self.adapter.preprocess(image)
-        z, split_size = self.head(sizes.tensor)
+        x = self.head.chain(sizes.tensor, OrderedDict())
+        if self.prefilter is not None and not self.prefilter.keep(x):
+            return None
+        z, split_size = self.head.encoder(x), (int(x.shape[-2]), int(x.shape[-1]))
         return pb.Payload(model=self.name, split_point=self.at, tensor=_to_message(self.codec.encode(z)),
                           original_size=_size_msg(sizes.original_size), image_size=_size_msg(sizes.image_size),
                           batch_size=_size_msg(sizes.batch_size), split_size=_size_msg(split_size))
@@ -208,7 +227,13 @@ class SplitModel:
         return self.tail(z, ImageBatch(torch.empty(0, 3, *batch), image_size, original), split_size)
 
     def __call__(self, images: list[Tensor]) -> list[Outputs]:
-        return [self.decode(p) for p in self.encode(images)]
+        return [self.decode(p) if p else self.empty_outputs() for p in self.encode(images)]
+
+    def empty_outputs(self) -> Outputs:
+        """The result of a filtered frame: nothing detected."""
+        if self.family == "detector":
+            return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
+        return {"labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
 
     # -- helpers -----------------------------------------------------------------------------
     @staticmethod
@@ -255,7 +280,8 @@ def split(model: nn.Module, at: str, bottleneck: Bottleneck | int | None = None,
 
     `bottleneck` is None (send the split point's tensor as is), a channel count (a fresh
     `Bottleneck` to that many channels) or a `Bottleneck`. Options: `codec` ("float32",
-    "float16", "uint8"), `name` (the recipe name stamped on payloads), and for classifiers
+    "float16", "uint8"), `name` (the recipe name stamped on payloads), `own_head` (the head
+    is a copy of the original's layers, so it can be trained), and for classifiers
     `resize_size`, `crop_size`, `topk`.
     """
     return SplitModel(model, at, bottleneck, **opts)

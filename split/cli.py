@@ -28,3 +28,280 @@ def main(command: str, argv: list[str]) -> int:
         print(f"splitedge: error: {command!r} is not implemented by split.cli", file=sys.stderr)
         return 2
     return handler(argv)
+
+
+def _profile(argv: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from split.profiling import profile_model, scale_profile
+    from split.recipes import build, default_recipe
+    from split.weights import WeightsError
+
+    p = argparse.ArgumentParser(prog="splitedge profile", description="Measure a model's latencies on this machine.")
+    p.add_argument("--model", default=default_recipe().name)
+    p.add_argument("--out", required=True, metavar="PROFILE.json")
+    p.add_argument("--sizes", default="480x640", help="comma-separated HxW input sizes (first = default)")
+    p.add_argument("--images", default=str(Path(__file__).resolve().parents[1] / "samples" / "coco"),
+                   help="folder of real frames (payload sizes depend on content)")
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--device-slowdown", type=float, default=1.0, metavar="K",
+                   help="scale every time by K to stand for a slower device")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--weights")
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+        if any(len(s) != 2 or min(s) < 16 for s in sizes):
+            raise ValueError
+    except ValueError:
+        print(f"splitedge profile: error: --sizes must look like 480x640[,720x1280], got {args.sizes!r}", file=sys.stderr)
+        return 2
+    if args.device_slowdown <= 0:
+        print("splitedge profile: error: --device-slowdown must be positive", file=sys.stderr)
+        return 2
+    try:
+        model, _ = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
+    except (KeyError, WeightsError) as exc:
+        print(f"splitedge profile: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=len(sizes) * 4, desc="profile", unit="image", file=sys.stderr)
+    prof = profile_model(model, sizes, args.images, args.repeat, args.jpeg_quality, progress=lambda _: bar.update())
+    bar.close()
+    if args.device_slowdown != 1.0:
+        prof = scale_profile(prof, args.device_slowdown)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(prof, indent=1))
+    d = prof["sizes"][prof["default_size"]]
+    print(f"{args.model} @ {prof['default_size']}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in d["ms"].items())
+          + f"; split {d['bytes']['split']} B, jpeg q{args.jpeg_quality} {d['bytes']['jpeg']} B -> {args.out}")
+    return 0
+
+
+_HANDLERS["profile"] = _profile
+
+
+def _train(argv: list[str]) -> int:
+    from split.data import DataError
+    from split.train_config import ConfigError
+    from split.training import train_from_file
+    from split.weights import WeightsError
+
+    p = argparse.ArgumentParser(prog="splitedge train",
+                                description="Distill a split model's head and bottleneck from the original (HND/GHND).")
+    p.add_argument("--config", required=True, metavar="FILE.yaml", help="training recipe (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the config's output checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
+    args = p.parse_args(argv)
+    try:
+        result = train_from_file(args.config, resume=args.resume, progress=not args.no_progress)
+    except (ConfigError, DataError, WeightsError) as exc:
+        print(f"splitedge train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # an unknown recipe name
+        print(f"splitedge train: error: {exc.args[0]}", file=sys.stderr)
+        return 2
+    last = result.history[-1] if result.history else {}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k.startswith("val_") or k == "loss")
+    print(f"{result.checkpoint}: {result.epochs_run} epochs in {result.wall_s:.0f} s "
+          f"(teacher cache {result.cache_s:.0f} s)" + (f"; {summary}" if summary else ""))
+    return 0
+
+
+_HANDLERS["train"] = _train
+
+
+def _eval(argv: list[str]) -> int:
+    import json
+    from pathlib import Path
+
+    from split.data import DataError
+    from split.evaluation import evaluate, format_summary, plot
+    from split.train_config import ConfigError, load_config
+    from split.weights import WeightsError
+
+    p = argparse.ArgumentParser(prog="splitedge eval",
+                                description="Original vs split vs JPEG offload: accuracy and bytes on real images.")
+    p.add_argument("--model", required=True, help="recipe name (`splitedge models`)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FILE",
+                   help="distilled head/bottleneck; repeat for a bytes/accuracy curve")
+    p.add_argument("--weights", help="torchvision weights enum of the model (e.g. IMAGENET1K_V1)")
+    p.add_argument("--images", help="image folder (default with --config: its data.dir)")
+    p.add_argument("--annotations", metavar="COCO.json", help="COCO annotations: detectors get map/map50")
+    p.add_argument("--labels", metavar="prefix|FILE.csv", help="classifier labels (default with --config: its data.labels)")
+    p.add_argument("--val-only", action="store_true", help="only the images --config's training held out")
+    p.add_argument("--config", metavar="FILE.yaml", help="training recipe whose data split --val-only uses")
+    p.add_argument("--json", required=True, metavar="OUT.json")
+    p.add_argument("--plot", metavar="OUT.png")
+    p.add_argument("--qualities", default="50,75,90", help="JPEG qualities of the offload baseline")
+    p.add_argument("--limit", type=int, help="first N images only (quick look)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    prog = "splitedge eval: error:"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        qualities = tuple(int(q) for q in args.qualities.split(","))
+        if not all(1 <= q <= 100 for q in qualities):
+            raise ValueError
+    except ValueError:
+        print(f"{prog} --qualities must be comma-separated integers in 1..100, got {args.qualities!r}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config) if args.config else None
+        if args.val_only and cfg is None:
+            raise ConfigError("--val-only needs --config (the training recipe that held the images out)")
+        images = args.images or (cfg.data.dir if cfg else None)
+        if not images:
+            raise ConfigError("--images is required (or --config with data.dir)")
+        labels = args.labels or (cfg.data.labels if cfg and not args.annotations else None)
+        result = evaluate(args.model, images, args.checkpoint, weights=args.weights, annotations=args.annotations,
+                          labels=labels, val_only=(cfg.data.val_fraction, cfg.data.seed) if args.val_only and cfg else None,
+                          qualities=qualities, limit=args.limit, progress=not args.no_progress)
+    except (ConfigError, DataError, WeightsError) as exc:
+        print(f"{prog} {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:
+        print(f"{prog} {exc.args[0]}", file=sys.stderr)
+        return 2
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        plot(result, args.plot)
+    print(format_summary(result))
+    print(f"-> {args.json}" + (f", {args.plot}" if args.plot else ""))
+    return 0
+
+
+_HANDLERS["eval"] = _eval
+
+
+def _prefilter(argv: list[str]) -> int:
+    """`splitedge prefilter`: train the prefilter and add it to a checkpoint."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from split.prefilter import labels_from_coco, labels_from_teacher, train_prefilter
+    from split.recipes import build, default_recipe
+    from split.weights import WeightsError, load_checkpoint
+
+    p = argparse.ArgumentParser(prog="splitedge prefilter",
+                                description="Train the prefilter on head features; threshold for a target recall.")
+    p.add_argument("--model", default=default_recipe().name)
+    p.add_argument("--checkpoint", help="start from this checkpoint (its head, bottleneck, model)")
+    p.add_argument("--weights")
+    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument("--annotations", help="COCO json for labels; without it the teacher's detections are the labels")
+    p.add_argument("--teacher-score", type=float, default=0.5)
+    p.add_argument("--classes", help="comma-separated target category ids (default: all)")
+    p.add_argument("--target-recall", type=float, default=0.9)
+    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="CKPT.pt")
+    args = p.parse_args(argv)
+
+    def fail(msg: str) -> int:
+        print(f"splitedge prefilter: error: {msg}", file=sys.stderr)
+        return 2
+
+    folder = Path(args.images)
+    if not folder.is_dir():
+        return fail(f"cannot read images {str(folder)!r}: not a directory")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if len(files) < 8:
+        return fail(f"{folder} has {len(files)} images; the prefilter needs at least 8")
+    try:
+        classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+        model, _ = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
+        base = load_checkpoint(args.checkpoint) if args.checkpoint else {"recipe": model.name}
+    except ValueError:
+        return fail(f"--classes must be comma-separated integers, got {args.classes!r}")
+    except (KeyError, WeightsError) as exc:
+        return fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+    if args.annotations:
+        labels = labels_from_coco(args.annotations, files, target_classes=classes)
+    else:
+        labels = labels_from_teacher(model, files, score=args.teacher_score, target_classes=classes)
+    if len(set(labels)) < 2:
+        return fail(f"all {len(labels)} images have label {labels[0]}: the prefilter needs frames with and without objects")
+    prefilter, report = train_prefilter(model, files, labels, val_fraction=args.val_fraction, epochs=args.epochs,
+                                        seed=args.seed, target_recall=args.target_recall, target_classes=classes)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**base, "recipe": model.name, "prefilter": prefilter.state_dict(),
+                "prefilter_report": {k: v for k, v in report.items() if isinstance(v, (int, float, type(None)))}}, args.out)
+    keys = ("recall", "precision", "drop_rate", "threshold", "auc")
+    print(json.dumps({k: report.get(k) for k in keys}), f"-> {args.out}")
+    return 0
+
+
+_HANDLERS["prefilter"] = _prefilter
+
+
+def _finetune(argv: list[str]) -> int:
+    """`splitedge finetune`: supervised fine-tuning of a detector recipe on COCO-format data."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from split.builders import BUILDERS
+    from split.finetune import CocoDetection, finetune_detector, split_ids
+    from split.recipes import get_recipe
+
+    p = argparse.ArgumentParser(prog="splitedge finetune", description="Fine-tune a detector on COCO-format data.")
+    p.add_argument("--model", default="fasterrcnn_mobilenet_v2_320_fpn")
+    p.add_argument("--images", required=True)
+    p.add_argument("--annotations", required=True)
+    p.add_argument("--backbone-weights", default="IMAGENET1K_V1", help="ImageNet weights of the backbone (`make weights`)")
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--val-every", type=int, default=4, help="hold out every N-th image (by id) for evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="CKPT.pt")
+    args = p.parse_args(argv)
+
+    def fail(msg: str) -> int:
+        print(f"splitedge finetune: error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        recipe = get_recipe(args.model)
+    except KeyError as exc:
+        return fail(str(exc.args[0]))
+    if recipe.builder not in BUILDERS:
+        return fail(f"{args.model!r} has no fine-tunable builder; choose one of {', '.join(BUILDERS)}")
+    if not Path(args.annotations).is_file() or not Path(args.images).is_dir():
+        return fail(f"cannot read {args.annotations!r} / {args.images!r}")
+    ids = [im["id"] for im in json.loads(Path(args.annotations).read_text())["images"]]
+    train_ids, val_ids = split_ids(ids, args.val_every)
+    torch.manual_seed(args.seed)
+    try:
+        model = BUILDERS[recipe.builder](weights_backbone=args.backbone_weights, **recipe.kwargs)
+    except Exception as exc:  # torchvision raises several types for a missing cached file
+        return fail(f"cannot build {args.model} with backbone weights {args.backbone_weights}: {exc}")
+    history = finetune_detector(model, CocoDetection(args.images, args.annotations, train_ids, train=True),
+                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}  # half the bytes
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"recipe": recipe.name, "model": state, "train_image_ids": train_ids, "val_image_ids": val_ids,
+                "history": history}, args.out)
+    print(f"loss {history[0]:.3f} -> {history[-1]:.3f} over {args.epochs} epochs; held out {len(val_ids)} images -> {args.out}")
+    return 0
+
+
+_HANDLERS["finetune"] = _finetune

@@ -9,14 +9,16 @@ The first recipe is the default (light enough for this CPU: SSDlite at 320 px).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torchvision
 
-from bottlenecks import Bottleneck
+from bottlenecks import Bottleneck, BottleneckSpecError
 from split.api import SplitModel
+from split.builders import BUILDERS
 from split.weights import WeightsError, cached_weights, load_checkpoint, load_state
 
 __all__ = ["RECIPES", "Recipe", "build", "default_recipe", "get_recipe"]
@@ -32,6 +34,13 @@ class Recipe:
     description: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    checkpoint: str | None = None  # shipped weights, relative to the repository; used when present
+
+    def default_checkpoint(self) -> Path | None:
+        if self.checkpoint is None:
+            return None
+        path = Path(__file__).resolve().parents[1] / self.checkpoint
+        return path if path.is_file() else None
 
     @property
     def family(self) -> str:
@@ -45,6 +54,9 @@ RECIPES: tuple[Recipe, ...] = (
            "uint8", "SSDlite 320 px, MobileNetV3-L; split at stride 8 (40 ch), bottleneck to 3 ch, 8-bit"),
     Recipe("ssdlite320_mobilenet_v3_large_raw", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 0,
            "float32", "as the default, no bottleneck, float32: outputs equal the original model's"),
+    Recipe("fasterrcnn_mobilenet_v2_320_fpn", "fasterrcnn_mobilenet_v2_320_fpn", "backbone.body.6", 3, "uint8",
+           "Faster R-CNN 320 px, MobileNetV2-FPN (ImageNet backbone, fine-tuned on COCO128); split at stride 8 "
+           "(32 ch), bottleneck 3 ch, 8-bit", checkpoint="checkpoints/fasterrcnn_mobilenet_v2_320_fpn.pt"),
     Recipe("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "backbone.body.6",
            3, "uint8", "Faster R-CNN 320 px, MobileNetV3-L FPN; split at stride 8, bottleneck 3 ch, 8-bit"),
     Recipe("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
@@ -79,6 +91,22 @@ def get_recipe(name: str) -> Recipe:
     raise KeyError(f"unknown model {name!r}; known: {', '.join(r.name for r in RECIPES)}")
 
 
+def _bottleneck(recipe: Recipe, in_channels: int, spec: dict[str, Any] | None,
+                checkpoint: str | os.PathLike[str] | None) -> Bottleneck | None:
+    """The recipe's default bottleneck, or the one a checkpoint's "bottleneck_spec" describes.
+
+    A trained checkpoint may use another shape than the recipe's default (more channels, a GDN
+    encoder, downsampling); carrying the spec in the checkpoint is what lets one recipe name
+    serve all of them, device and edge building the same module from the same file.
+    """
+    if spec is None:
+        return Bottleneck(in_channels, recipe.bottleneck_channels) if recipe.bottleneck_channels else None
+    try:
+        return Bottleneck.from_spec(in_channels, spec)
+    except BottleneckSpecError as exc:
+        raise WeightsError(f"checkpoint {checkpoint}: {exc}") from None
+
+
 def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[str] | None = None,
           **overrides: Any) -> tuple[SplitModel, str]:
     """Build recipe `name` as a SplitModel; returns it and a line saying where weights came from.
@@ -96,23 +124,35 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
         kwargs["weights"] = None
     if recipe.family == "detector":
         kwargs.setdefault("weights_backbone", None)  # the default would download ImageNet weights
-    model = torchvision.models.get_model(recipe.builder, **kwargs).eval()
-    bottleneck = None
-    split_model = SplitModel(model, recipe.split_point, None, codec=recipe.codec, name=recipe.name)
-    if recipe.bottleneck_channels:
-        bottleneck = Bottleneck(split_model.split_channels, recipe.bottleneck_channels)
-        split_model = SplitModel(model, recipe.split_point, bottleneck, codec=recipe.codec, name=recipe.name)
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.get("recipe", recipe.name) != recipe.name:
-            raise WeightsError(f"checkpoint {checkpoint} is for model {ckpt['recipe']!r}, not {recipe.name!r}")
-        if "model" in ckpt:
-            load_state(model, ckpt["model"], f"checkpoint {checkpoint} (model)")
-        if "bottleneck" in ckpt:
-            if bottleneck is None:
-                raise WeightsError(f"checkpoint {checkpoint} holds a bottleneck but {recipe.name!r} has none")
-            load_state(bottleneck, ckpt["bottleneck"], f"checkpoint {checkpoint} (bottleneck)")
-        source = f"checkpoint {checkpoint}" + ("" if "model" in ckpt else f" (bottleneck) over {source}")
+    builder = BUILDERS.get(recipe.builder) or (lambda **kw: torchvision.models.get_model(recipe.builder, **kw))
+    model = builder(**kwargs).eval()
+    shipped = recipe.default_checkpoint()
+    if checkpoint is None and shipped is not None:
+        checkpoint = shipped
+    ckpt = load_checkpoint(checkpoint) if checkpoint is not None else {}
+    if ckpt.get("recipe", recipe.name) != recipe.name:
+        raise WeightsError(f"checkpoint {checkpoint} is for model {ckpt['recipe']!r}, not {recipe.name!r}")
+    if "model" in ckpt:
+        load_state(model, ckpt["model"], f"checkpoint {checkpoint} (model)")
+    elif shipped is not None and not weights:  # a distilled head/bottleneck over the shipped network
+        load_state(model, load_checkpoint(shipped)["model"], f"checkpoint {shipped} (model)")
+        source = f"checkpoint {shipped}"
+    probe = SplitModel(model, recipe.split_point, None, codec=recipe.codec, name=recipe.name)
+    bottleneck = _bottleneck(recipe, probe.split_channels, ckpt.get("bottleneck_spec"), checkpoint)
+    split_model = SplitModel(model, recipe.split_point, bottleneck, codec=recipe.codec, name=recipe.name,
+                             own_head="head" in ckpt)
+    if "head" in ckpt:  # a distilled head: the original layers stay in `model` for local/offload
+        load_state(split_model.head.chain, ckpt["head"], f"checkpoint {checkpoint} (head)")
+    if "prefilter" in ckpt:
+        from split.prefilter import load_prefilter
+
+        split_model.prefilter = load_prefilter(ckpt["prefilter"], split_model.split_channels).eval()
+    if "bottleneck" in ckpt:
+        if bottleneck is None:
+            raise WeightsError(f"checkpoint {checkpoint} holds a bottleneck but {recipe.name!r} has none")
+        load_state(bottleneck, ckpt["bottleneck"], f"checkpoint {checkpoint} (bottleneck)")
+    if ckpt:
+        source = f"checkpoint {checkpoint}" + ("" if "model" in ckpt else f" ({', '.join(k for k in ('head', 'bottleneck') if k in ckpt)}) over {source}")
     split_model.model.eval()
     if bottleneck is not None:
         bottleneck.eval()

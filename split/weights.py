@@ -47,7 +47,10 @@ def cached_weights(builder: str, enum_name: str) -> Any:
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A splitedge checkpoint: {"recipe": name, "model": state_dict?, "bottleneck": state_dict?}."""
+    """A splitedge checkpoint: {"recipe": name, "model"?, "head"?, "bottleneck"?, "prefilter"?}.
+
+    "model" replaces the whole network (e.g. a fine-tuned detector); "head" is a distilled copy
+    of the layers before the split point, used on the device side only."""
     p = Path(path)
     if not p.is_file():
         raise WeightsError(f"checkpoint {p} does not exist")
@@ -55,8 +58,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
         raise WeightsError(f"checkpoint {p} cannot be read: {type(exc).__name__}: {exc}") from None
-    if not isinstance(ckpt, dict) or not ({"model", "bottleneck"} & set(ckpt)):
-        raise WeightsError(f"checkpoint {p} is not a splitedge checkpoint (needs 'model' and/or 'bottleneck')")
+    if not isinstance(ckpt, dict) or not ({"model", "head", "bottleneck", "prefilter"} & set(ckpt)):
+        raise WeightsError(f"checkpoint {p} is not a splitedge checkpoint "
+                           "(needs 'model', 'head', 'bottleneck' and/or 'prefilter')")
     return ckpt
 
 

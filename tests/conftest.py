@@ -19,6 +19,11 @@ def shared_data() -> Path:
     return Path(os.environ.get("SPLITEDGE_DATA", ROOT.parent / "shared" / "data"))
 
 
+# One torch thread per process: server, client and emulator share 2 cores in these tests,
+# and oversubscribed OpenMP threads spin-wait each other into 10x slowdowns.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def splitedge(*args: str) -> list[str]:
     return [sys.executable, "-m", "split.dispatch", *args]
 
@@ -26,7 +31,7 @@ def splitedge(*args: str) -> list[str]:
 class ServerProcess:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(splitedge("serve", "--host", "127.0.0.1", "--port", "0", *args),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=ENV)
         self.lines: list[str] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

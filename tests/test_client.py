@@ -8,14 +8,14 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLES, splitedge
+from tests.conftest import ENV, ROOT, SAMPLES, splitedge
 
 RECORD_KEYS = {"frame_id", "source", "mode", "payload_bytes", "head_ms", "network_ms", "server_ms", "e2e_ms",
                "detections"}
 
 
 def run_client(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(splitedge("run", *args), capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(splitedge("run", *args), capture_output=True, text=True, cwd=ROOT, timeout=timeout, env=ENV)
 
 
 def read_jsonl(path):

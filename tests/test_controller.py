@@ -334,3 +334,121 @@ def test_reasons_are_from_the_documented_set():
     ctl.server_failed(20.0)
     trace.append((20.1, ctl.choose(20.1)))
     assert {d.reason for _, d in trace} <= REASONS
+
+
+# ------------------------------------------------------- deadlines and stalls
+def test_deadline_is_the_prediction_plus_a_local_run_and_only_where_local_may_serve():
+    ctl = Controller(COSTS, estimator=FakeLink(1 * MBPS))
+    d = ctl.choose(10.0)
+    assert d.mode == "split" and d.predicted_ms["split"] == pytest.approx(150.0)
+    # max(2p, p + local), p = min(prediction, local): 150 + 300 ms after the frame's start.
+    assert d.deadline_s == pytest.approx(10.0 + 0.450)
+    assert ctl.deadline_budget_s(50.0, 300.0) == pytest.approx(0.350)
+    assert ctl.deadline_budget_s(250.0, 300.0) == pytest.approx(0.550)  # 2p wins
+    assert ctl.deadline_budget_s(5000.0, 300.0) == pytest.approx(0.600)  # p capped at local's time
+    local = Controller(COSTS, estimator=FakeLink(0.01 * MBPS)).choose(0.0)
+    assert local.mode == "local" and local.deadline_s is None
+    # No local to fall back on (not a mode, or below the accuracy floor), or deadlines off: wait.
+    assert Controller(COSTS, modes=("split",), estimator=FakeLink(1 * MBPS)).choose(0.0).deadline_s is None
+    strict = Controller(COSTS, accuracy={"local": 0.5}, min_accuracy=0.6, estimator=FakeLink(1 * MBPS))
+    assert strict.choose(0.0).deadline_s is None
+    assert Controller(COSTS, deadline_factor=None, estimator=FakeLink(1 * MBPS)).choose(0.0).deadline_s is None
+    with pytest.raises(ValueError):
+        Controller(COSTS, deadline_factor=0.5)
+
+
+def _streaming(bps: float = 1 * MBPS) -> tuple[Controller, float]:
+    """A controller that has been using split on a steady ``bps`` link for 2 s; returns it and the time."""
+    ctl = Controller(COSTS)
+    ctl.observe_rtt(RTT, 0.0)
+    t = 0.0
+    for _ in range(20):
+        d = ctl.choose(t)
+        assert d.mode == "split"
+        total = COSTS.bytes_split * 8 / bps + RTT + COSTS.t_tail_edge_ms / 1000
+        ctl.observe("split", COSTS.bytes_split, total, COSTS.t_tail_edge_ms / 1000, t + 0.02 + total)
+        t += 0.2
+    return ctl, t
+
+
+def test_a_missed_deadline_is_a_stall_local_until_the_link_shows_it_delivers_again():
+    ctl, t = _streaming()
+    d = ctl.choose(t)
+    assert d.mode == "split" and d.deadline_s is not None
+    ctl.missed("split", COSTS.bytes_split, d.deadline_s - t - 0.02, d.deadline_s)
+    assert ctl.failures == 0  # not a server failure
+    stalled = [ctl.choose(t + 0.5 + 0.3 * i) for i in range(5)]
+    assert all(s.mode == "local" and s.reason == "stalled" for s in stalled)
+    # The estimate is capped by what the abandoned payload showed: it took longer than the wait, so the
+    # bound reproduces the missed deadline (450 ms), not the 1 Mbit/s mean of the frames before.
+    assert stalled[0].bandwidth_bps < 0.25 * MBPS
+    assert stalled[0].predicted_ms["split"] == pytest.approx(450.0)
+    # The abandoned frame's result arrives: the link delivers again, so the next frame probes at once,
+    # with a deadline from the link as it was before the stall (150 ms + local), not from the bound.
+    ctl.observe_late("split", COSTS.bytes_split, 2.0, 0.03, t + 2.0)
+    probe = ctl.choose(t + 2.1)
+    assert probe.mode == "split" and probe.reason == "probe"
+    assert probe.deadline_s - (t + 2.1) == pytest.approx(0.450, rel=0.05)
+    assert ctl.choose(t + 2.15).reason == "stalled"  # one probe per late result, not a flood
+    # It comes back in time: the stall is over, the bound lifted, split again at once.
+    total = COSTS.bytes_split * 8 / MBPS + RTT + 0.03
+    ctl.observe("split", COSTS.bytes_split, total, 0.03, t + 2.12 + total)
+    after = ctl.choose(t + 2.5)
+    assert after.mode == "split" and after.reason == "best"
+    assert after.bandwidth_bps == pytest.approx(1 * MBPS, rel=0.01)  # the stall did not drag the mean
+
+
+def test_probes_during_a_long_stall_back_off():
+    ctl, t = _streaming()
+    d = ctl.choose(t)
+    ctl.missed("split", COSTS.bytes_split, 0.4, d.deadline_s)
+    ctl.observe_late("split", COSTS.bytes_split, 1.0, 0.03, t + 1.0)
+    probe = ctl.choose(t + 1.1)
+    assert probe.reason == "probe"
+    ctl.missed("split", COSTS.bytes_split, 0.4, probe.deadline_s)  # the link died again
+    ctl.observe_late("split", COSTS.bytes_split, 0.8, 0.03, t + 1.9)
+    # The second miss of the stall: a late result may trigger a probe only probe_interval/2 after the last.
+    soon = [ctl.choose(t + 2.0 + 0.1 * i) for i in range(10)]
+    assert all(s.mode == "local" for s in soon)
+    assert ctl.choose(t + 1.1 + ctl.probe_interval_s / 2).reason == "probe"
+
+
+def test_an_rtt_from_pings_is_not_overridden_by_two_size_guesses():
+    ctl = Controller(COSTS)
+    ctl.observe_rtt(0.040, 0.0)
+    # Two payload sizes whose times lie on a line with a 10 ms intercept (the link sped up in between).
+    ctl.observe("split", 10_000, 0.010 + 0.080 + 0.03, 0.03, 1.0)
+    ctl.observe("offload", 60_000, 0.010 + 0.480 + 0.015, 0.015, 1.5)
+    assert ctl.choose(2.0).rtt_s == pytest.approx(0.040)
+    unpinged = Controller(COSTS)  # without a ping the pair is all there is, and it is used
+    unpinged.observe("split", 10_000, 0.010 + 0.080 + 0.03, 0.03, 1.0)
+    unpinged.observe("offload", 60_000, 0.010 + 0.480 + 0.015, 0.015, 1.5)
+    assert unpinged.choose(2.0).rtt_s == pytest.approx(0.010, abs=0.001)
+
+
+def test_a_long_rtt_at_connect_is_checked_again_by_a_probe():
+    # A ping caught in a stall (0.5 s) says remote cannot win even on a perfect link; compute alone
+    # says it could, so one frame per probe interval checks the link instead of trusting it forever.
+    ctl = Controller(COSTS, probe_interval_s=5.0)
+    ctl.observe_rtt(0.5, 0.0)
+    decisions = [(i * 0.1, ctl.choose(i * 0.1)) for i in range(80)]
+    probes = [t for t, d in decisions if d.reason == "probe"]
+    assert probes and probes[0] == pytest.approx(5.0)
+    assert all(d.mode == "local" for t, d in decisions if t not in probes)
+    assert all(b - a >= 5.0 - 1e-9 for a, b in zip(probes, probes[1:]))  # one per interval at most
+    fast_device = scaled(COSTS, 0.05)  # local 15 ms < offload 15.1 ms of edge compute alone: no probe ever
+    never = Controller(fast_device, probe_interval_s=5.0)
+    never.observe_rtt(0.5, 0.0)
+    assert all(never.choose(i * 0.5).mode == "local" for i in range(40))
+
+
+def test_a_stall_before_any_estimate_with_a_plain_estimator_still_works():
+    # An estimator without bounds (FakeLink): the stall rule alone keeps remote out until the link is back.
+    ctl = Controller(COSTS, estimator=FakeLink(None))
+    d = ctl.choose(0.0)
+    assert d.reason == "no-estimate" and d.deadline_s is not None
+    ctl.missed(d.mode, COSTS.bytes_split, 0.3, d.deadline_s)
+    assert [ctl.choose(t).reason for t in (0.5, 1.0)] == ["stalled", "stalled"]
+    ctl.observe_late("split", COSTS.bytes_split, 1.0, 0.03, 1.2)
+    probe = ctl.choose(1.3)
+    assert probe.mode == "split" and probe.reason == "probe"  # the smaller payload, nothing being known

@@ -157,3 +157,45 @@ def test_link_ignores_garbage_timings():
     est.observe_transfer(10_000, -1.0, 0.0, at_s=0.0)
     assert est.bandwidth_bps() is None and est.rtt_s() is None
     assert est.age_s(5.0) == math.inf
+
+
+# ------------------------------------------------------- unfinished transfers
+def test_an_unfinished_transfer_caps_the_estimate_and_never_enters_the_mean():
+    est = LinkEstimator()
+    est.observe_rtt(RTT, at_s=0.0)
+    for i in range(4):
+        est.observe_transfer(20_000, 20_000 * 8 / (2 * MBPS) + RTT, 0.0, at_s=float(i))
+    assert est.bandwidth_bps() == pytest.approx(2 * MBPS)
+    # A 20 KB payload still not through after 1 s (its deadline passed): the rate is at most
+    # 20 KB / (1 s - RTT), whatever the mean of the earlier transfers says.
+    est.observe_unfinished(20_000, 1.0, 0.0, at_s=5.0)
+    assert est.bandwidth_bps() == pytest.approx(20_000 * 8 / (1.0 - RTT))
+    assert est.bandwidth_bps(bounded=False) == pytest.approx(2 * MBPS)  # the link as it was while it delivered
+    assert est.age_s(5.5) == pytest.approx(0.5)  # it is news about the link
+    # The next transfer that finishes lifts the bound, and the stall has not dragged the mean down
+    # (as a sample of 1/6 Mbit/s it would have: the harmonic mean of 2, 2, 2, 2 and 1/6 Mbit/s is 0.625).
+    est.observe_transfer(20_000, 20_000 * 8 / (2 * MBPS) + RTT, 0.0, at_s=6.0)
+    assert est.bandwidth_bps() == pytest.approx(2 * MBPS)
+    dragged = BandwidthEstimator()
+    for r in (2, 2, 2, 2, 1 / 6):
+        dragged.observe(20_000, 20_000 * 8 / (r * MBPS), at_s=0.0)
+    assert dragged.estimate_bps() == pytest.approx(0.625 * MBPS)
+
+
+def test_a_bound_alone_is_an_estimate_and_garbage_is_ignored():
+    bw = BandwidthEstimator()
+    assert not bw.bound(0, 1.0, 0.0) and not bw.bound(1000, math.nan, 0.0) and not bw.bound(1000, 0.0, 0.0)
+    assert bw.estimate_bps() is None and not bw.bounded
+    assert bw.bound(10_000, 2.0, at_s=1.0) and bw.bounded
+    assert bw.estimate_bps() == pytest.approx(40_000)  # nothing else known: the bound is the estimate
+    assert bw.samples == 0
+    bw.bound(10_000, 4.0, at_s=2.0)  # a later bound replaces the earlier one
+    assert bw.estimate_bps() == pytest.approx(20_000)
+    bw.observe(10_000, 0.5, at_s=1.5)  # finished, but before the bound was set: still capped
+    assert bw.estimate_bps() == pytest.approx(20_000)
+    bw.observe(10_000, 0.5, at_s=3.0)
+    assert not bw.bounded and bw.estimate_bps() == pytest.approx(160_000)
+    est = LinkEstimator()
+    est.observe_unfinished(500, 1.0, 0.0, at_s=0.0)  # a tiny message is not about bandwidth
+    est.observe_unfinished(20_000, -1.0, 0.0, at_s=0.0)
+    assert est.bandwidth_bps() is None

@@ -40,4 +40,5 @@ def test_simulators_use_only_the_controller_of_mobile_client():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mobile_client"):
-                assert node.module in ("mobile_client.controller", "mobile_client.estimators"), path
+                assert node.module in ("mobile_client.controller", "mobile_client.estimators",
+                                       "mobile_client.profiles"), path

@@ -41,7 +41,7 @@ def test_describe_and_health(stub):
     assert names == ["ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large_raw"]
     m = d.models[0]
     assert m.split_point == "backbone.features.0.6" and m.codec == "uint8" and m.bottleneck_channels == 3
-    assert m.weights.startswith("random init") and m.latency_ms["split"] > 0
+    assert m.weights.startswith("random init") and m.latency_ms["tail"] > 0 and m.latency_ms["offload_edge"] > 0
     assert d.max_message_bytes == 2**20
     assert _healthy(channel)
     health = health_pb2_grpc.HealthStub(channel)

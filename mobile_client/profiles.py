@@ -1,0 +1,49 @@
+"""From measured profiles (JSON written by `splitedge profile`) to the controller's costs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mobile_client.controller import ModeCosts
+
+__all__ = ["costs_from_profiles", "read_profile"]
+
+
+def read_profile(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"profile {p} does not exist (make one with `splitedge profile`)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"profile {p} is not JSON: {exc}") from None
+    if "sizes" not in data or "default_size" not in data:
+        raise ValueError(f"profile {p} is not a splitedge profile (no 'sizes'/'default_size')")
+    return data
+
+
+def _entry(profile: dict[str, Any], size: str | None, which: str) -> dict[str, Any]:
+    key = size or profile["default_size"]
+    try:
+        return profile["sizes"][key]
+    except KeyError:
+        raise ValueError(f"{which} profile has no size {key!r}; it has {', '.join(profile['sizes'])}") from None
+
+
+def costs_from_profiles(device: dict[str, Any], edge: dict[str, Any], size: str | None = None) -> ModeCosts:
+    """Device times and bytes from the device's profile, edge times from the edge's.
+
+    `offload_edge` already includes the JPEG decode, so the decode term stays 0.
+    """
+    d, e = _entry(device, size, "device"), _entry(edge, size, "edge")
+    return ModeCosts(
+        t_full_device_ms=d["ms"]["full"],
+        t_head_device_ms=d["ms"]["head"],
+        t_tail_edge_ms=e["ms"]["tail"],
+        t_full_edge_ms=e["ms"]["offload_edge"],
+        t_jpeg_encode_ms=d["ms"]["jpeg_encode"],
+        bytes_split=d["bytes"]["split"],
+        bytes_jpeg=d["bytes"]["jpeg"],
+    )

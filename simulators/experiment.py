@@ -1,0 +1,414 @@
+"""Socket-free, trace-driven simulation of the device's policies (``splitedge simulate``).
+
+The point of this module is to answer "which mode, and is the controller any
+good?" for a link that is not on the desk: it replays a bandwidth trace
+through the same :class:`~simulators.links.Link` the emulator uses and drives
+the *real* :class:`~mobile_client.controller.Controller` with simulated
+times, so a simulated figure and a live run (``splitedge run`` behind
+``splitedge emulate``) are comparable.
+
+Model, and why each choice was made:
+
+* **Frames and queueing.**  Frame ``i`` arrives at ``i / fps``.  The device
+  serves one frame at a time and waits for a frame's result before starting
+  the next, exactly like :class:`mobile_client.runtime.DeviceRuntime`, so a
+  frame starts at ``max(arrival, previous done)`` and ``e2e = done -
+  arrival`` includes the time spent waiting behind earlier frames.  A policy
+  whose per-frame time exceeds the frame interval therefore pays for it in
+  every later frame, which is what a user of a camera pipeline sees.
+* **Modes** (DESIGN.md §1/§3), with compute times from measured profiles:
+
+  - ``local``: device full model;
+  - ``split``: device head, uplink ``bytes_split``, edge tail, downlink result;
+  - ``offload``: device JPEG encode, uplink ``bytes_jpeg``, edge full model
+    (the profile's ``offload_edge`` already includes the JPEG decode),
+    downlink result.
+
+  The result (detections, ~300 bytes) travels on a separate downlink
+  :class:`Link` with the same one-way delay and no rate limit unless a
+  downlink trace is given, so with a constant uplink a remote frame takes
+  exactly DESIGN.md's ``compute + wire_bytes * 8 / B + RTT`` (``RTT = 2 *
+  delay``; wire bytes include the link's TCP/IP headers).
+* **Device slowdown** ``K`` multiplies the device-side times with
+  :func:`mobile_client.controller.scaled` (the stand-in for a phone or a
+  Raspberry Pi).  The controller is given the *scaled* costs, i.e. a profile
+  measured on that device, as ``splitedge profile --device-slowdown K``
+  would write it.
+* **Policies.**  ``local``, ``split``, ``offload`` always use one mode.
+  ``auto`` is the live client's controller, fed exactly as the runtime feeds
+  it: ``choose(start)``; for a remote frame ``observe(mode, payload_bytes,
+  send-to-result seconds, edge seconds, now=done)``; for a local frame
+  ``observe_local(device seconds, now=start)``.  Before the first frame
+  it is told the fastest of :data:`RTT_PINGS` tiny round trips
+  (:data:`DESCRIBE_BYTES` up, ``result_bytes`` down, one after the other
+  from t = 0 on the same links), as the live client times its ``Describe``
+  calls when it connects: the RTT is then known after a few round trips
+  instead of being worked out from the first frames' two payload sizes.
+  It is given at the first decision after the last ping is back (the live
+  client connects before its first frame; the trace has no time before 0).
+  **Deadlines**, as in the runtime: a remote frame whose result is not back
+  by the decision's ``deadline_s`` is served locally from that moment (mode
+  ``local``, reason ``"deadline"``; its device time is the head plus the
+  full model, its network time the wait), and the controller is told
+  :meth:`~mobile_client.controller.Controller.missed`.  The abandoned
+  payload still occupies the uplink (TCP keeps sending it), which the
+  link's FIFO models since the transfer was committed; when its result
+  would have arrived, the controller is told
+  :meth:`~mobile_client.controller.Controller.observe_late` (before the
+  next decision or observation after that time, with that arrival time, as
+  the runtime's reader thread timestamps it).  The fixed policies and the
+  oracle have no deadline: they are the yardsticks.  ``oracle`` knows the future
+  channel: for every frame it :meth:`Link.peek`\\ s each mode's actual
+  completion time and commits the earliest.  Because the device waits for
+  each result, the uplink is idle again when the next frame starts, so the
+  only state carried from frame to frame is the time the device becomes
+  free; finishing every frame as early as possible is then also optimal for
+  all later frames, and the greedy oracle is the best any policy can do
+  (the yardstick for ``auto``). With jitter or loss this holds only
+  approximately: which mode ran changes which random draws later frames get.
+* **Compute times are deterministic** (the profile's medians): the
+  variation under study is the network's, and a deterministic device keeps
+  the oracle exact and the runs replayable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from mobile_client.controller import Controller, ModeCosts
+
+from .links import HEADER_BYTES, Link
+from .traces import ConstantTrace, Trace
+
+__all__ = [
+    "POLICIES",
+    "FIXED_POLICIES",
+    "RESULT_BYTES",
+    "FrameRecord",
+    "Summary",
+    "SimConfig",
+    "simulate",
+    "summarize",
+    "run_experiment",
+    "sweep",
+    "split_wins_ranges",
+    "expected_fixed_ms",
+]
+
+POLICIES: tuple[str, ...] = ("local", "split", "offload", "auto", "oracle")
+FIXED_POLICIES: tuple[str, ...] = ("local", "split", "offload")
+RESULT_BYTES = 300  # a handful of detections in a protobuf Result
+DESCRIBE_BYTES = 100  # an empty DescribeRequest with its gRPC/HTTP2 framing (the reply: ``result_bytes``)
+RTT_PINGS = 3  # Describe calls timed at connect, as mobile_client.runtime.RuntimeOptions.rtt_pings
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRecord:
+    """One simulated frame: what ran, when, and where the time went (times in s, durations in ms)."""
+
+    frame: int
+    mode: str
+    reason: str          # the controller's reason for auto, the policy name otherwise
+    arrival_s: float
+    start_s: float
+    done_s: float
+    device_ms: float     # head / JPEG encode / full model on the device
+    network_ms: float    # uplink + downlink, queueing and delay included
+    edge_ms: float
+    payload_bytes: int
+
+    @property
+    def e2e_ms(self) -> float:
+        """Arrival to result: what the user waits, queueing behind earlier frames included."""
+        return (self.done_s - self.arrival_s) * 1e3
+
+    @property
+    def queue_ms(self) -> float:
+        return (self.start_s - self.arrival_s) * 1e3
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Per-(trace, policy) statistics; the first seven fields are ``summary.csv``'s columns."""
+
+    trace: str
+    policy: str
+    frames: int
+    mean_e2e_ms: float
+    p50_e2e_ms: float
+    p95_e2e_ms: float
+    mean_bytes: float
+    mode_share: dict[str, float] = field(default_factory=dict)
+
+    CSV_COLUMNS = ("trace", "policy", "frames", "mean_e2e_ms", "p50_e2e_ms", "p95_e2e_ms", "mean_bytes")
+
+    def csv_row(self) -> list[str]:
+        return [self.trace, self.policy, str(self.frames), f"{self.mean_e2e_ms:.3f}", f"{self.p50_e2e_ms:.3f}",
+                f"{self.p95_e2e_ms:.3f}", f"{self.mean_bytes:.1f}"]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything but the uplink trace and the policy: one config runs a whole sweep.
+
+    ``costs`` are the costs *on the simulated device* (already scaled by the
+    device slowdown). ``controller_factory`` builds the ``auto`` policy's
+    controller from them (default: ``Controller(costs)``, the live client's
+    defaults), so an experiment can vary its settings without touching this
+    module.
+    """
+
+    costs: ModeCosts
+    fps: float = 10.0
+    frames: int = 600
+    delay_ms: float = 20.0
+    result_bytes: int = RESULT_BYTES
+    down_trace: Trace | None = None
+    jitter_ms: float = 0.0
+    loss: str | None = None
+    seed: int = 0
+    controller_factory: Callable[[ModeCosts], Controller] | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+        if self.frames < 1:
+            raise ValueError(f"frames must be >= 1, got {self.frames}")
+        if self.delay_ms < 0 or self.jitter_ms < 0:
+            raise ValueError("delay_ms and jitter_ms must be >= 0")
+        if self.result_bytes < 0:
+            raise ValueError(f"result_bytes must be >= 0, got {self.result_bytes}")
+
+    def links(self, trace: Trace) -> tuple[Link, Link]:
+        """Fresh uplink and downlink (same delay; independent, seeded jitter/loss streams)."""
+        up = Link(trace, delay_ms=self.delay_ms, jitter_ms=self.jitter_ms, loss=self.loss, seed=self.seed)
+        down = Link(self.down_trace, delay_ms=self.delay_ms, jitter_ms=self.jitter_ms, loss=self.loss,
+                    seed=self.seed + 1000)
+        return up, down
+
+
+def _mode_table(costs: ModeCosts) -> dict[str, tuple[float, int, float]]:
+    """(device s, payload bytes, edge s) per mode."""
+    return {
+        "local": (costs.t_full_device_ms / 1e3, 0, 0.0),
+        "split": (costs.t_head_device_ms / 1e3, int(costs.bytes_split), costs.t_tail_edge_ms / 1e3),
+        "offload": (costs.t_jpeg_encode_ms / 1e3, int(costs.bytes_jpeg),
+                    (costs.t_jpeg_decode_edge_ms + costs.t_full_edge_ms) / 1e3),
+    }
+
+
+def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
+    """Run ``config.frames`` frames of one policy over one uplink trace; one record per frame, in order."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    table = _mode_table(config.costs)
+    up, down = config.links(trace)
+    result_bytes = config.result_bytes
+    controller = None
+    if policy == "auto":
+        factory = config.controller_factory or Controller
+        controller = factory(config.costs)
+
+    def run(mode: str, start: float, commit: bool) -> tuple[float, float, float]:
+        """(done s, device s, network s) of ``mode`` started at ``start``; ``commit=False`` only peeks."""
+        dev_s, nbytes, edge_s = table[mode]
+        sent = start + dev_s
+        if mode == "local":
+            return sent, dev_s, 0.0
+        send_up = up.send if commit else up.peek
+        send_down = down.send if commit else down.peek
+        at_edge = send_up(nbytes, sent).arrival_s
+        done = send_down(result_bytes, at_edge + edge_s).arrival_s
+        return done, dev_s, done - sent - edge_s
+
+    records: list[FrameRecord] = []
+    interval = 1.0 / config.fps
+    free_at = 0.0
+    late: list[tuple[float, str, int, float, float]] = []  # results of abandoned frames, not yet arrived
+
+    def report_late(now: float) -> None:
+        """Tell the controller what it has learnt by ``now``: the connect-time RTT, abandoned frames' results."""
+        nonlocal rtt_known_at
+        if now >= rtt_known_at:
+            controller.observe_rtt(rtt_best, rtt_known_at)
+            rtt_known_at = math.inf
+        while late and late[0][0] <= now:
+            at, mode_, nbytes_, total_s, edge_s_ = late.pop(0)
+            controller.observe_late(mode_, nbytes_, total_s, edge_s_, at)
+
+    rtt_known_at, rtt_best = math.inf, math.inf
+    if controller is not None:
+        # What the live client learns when it connects: RTT_PINGS tiny round trips one after the other (its
+        # Describe calls), the fastest reported once the last is back. Peeked: they leave the links as they were.
+        t = 0.0
+        for _ in range(RTT_PINGS):
+            back = down.peek(result_bytes, up.peek(DESCRIBE_BYTES, t).arrival_s).arrival_s
+            rtt_best, t = min(rtt_best, back - t), back
+        rtt_known_at = t
+    for i in range(config.frames):
+        arrival = i * interval
+        start = arrival if arrival > free_at else free_at
+        deadline = None
+        if policy == "oracle":
+            # Earliest completion in hindsight; ties go to the mode that sends fewer bytes.
+            mode = min(FIXED_POLICIES, key=lambda m: (run(m, start, commit=False)[0], table[m][1]))
+            reason = "oracle"
+        elif controller is not None:
+            report_late(start)
+            decision = controller.choose(start)
+            mode, reason, deadline = decision.mode, decision.reason, decision.deadline_s
+        else:
+            mode, reason = policy, policy
+        done, dev_s, net_s = run(mode, start, commit=True)
+        dev_ms, edge_ms = dev_s * 1e3, table[mode][2] * 1e3
+        if controller is not None:
+            sent = start + dev_s
+            if mode != "local" and deadline is not None and done > deadline:
+                # Given up at the deadline (at once if the head outlasted it, as the runtime's zero wait):
+                # served locally; the payload and its result still travel.
+                gave_up = max(deadline, sent)
+                report_late(gave_up)  # what arrived while waiting is older news than this miss
+                late.append((done, mode, table[mode][1], done - sent, table[mode][2]))
+                late.sort()
+                controller.missed(mode, table[mode][1], gave_up - sent, gave_up)
+                local_s = table["local"][0]
+                controller.observe_local(local_s, start)  # as the runtime's _run_local: at the frame's start
+                records.append(FrameRecord(i, "local", "deadline", arrival, start, gave_up + local_s,
+                                           (dev_s + local_s) * 1e3, (gave_up - sent) * 1e3, 0.0, table[mode][1]))
+                free_at = gave_up + local_s
+                continue
+            if mode == "local":
+                controller.observe_local(dev_s, start)
+            else:
+                report_late(done)
+                controller.observe(mode, table[mode][1], done - start - dev_s, table[mode][2], done)
+        records.append(FrameRecord(i, mode, reason, arrival, start, done, dev_ms, net_s * 1e3, edge_ms,
+                                   table[mode][1]))
+        free_at = done
+    return records
+
+
+def summarize(trace_name: str, policy: str, records: Sequence[FrameRecord]) -> Summary:
+    """Mean/median/95th percentile of e2e, mean payload bytes, and how often each mode ran."""
+    e2e = np.fromiter((r.e2e_ms for r in records), dtype=float, count=len(records))
+    nbytes = np.fromiter((r.payload_bytes for r in records), dtype=float, count=len(records))
+    share = {m: sum(r.mode == m for r in records) / len(records) for m in FIXED_POLICIES}
+    return Summary(trace_name, policy, len(records), float(e2e.mean()), float(np.percentile(e2e, 50)),
+                   float(np.percentile(e2e, 95)), float(nbytes.mean()), share)
+
+
+def run_experiment(
+    traces: Sequence[tuple[str, Trace]],
+    policies: Sequence[str],
+    config: SimConfig,
+    progress: Callable[[], None] | None = None,
+) -> tuple[dict[tuple[str, str], list[FrameRecord]], list[Summary]]:
+    """Every policy on every (label, trace); per-frame records keyed by (label, policy), and summaries in order.
+
+    ``progress`` is called once per finished run (the CLI's tqdm bar).
+    """
+    records: dict[tuple[str, str], list[FrameRecord]] = {}
+    summaries: list[Summary] = []
+    for label, trace in traces:
+        for policy in policies:
+            recs = simulate(trace, policy, config)
+            records[(label, policy)] = recs
+            summaries.append(summarize(label, policy, recs))
+            if progress is not None:
+                progress()
+    return records, summaries
+
+
+def sweep(
+    mbps: Iterable[float],
+    policies: Sequence[str],
+    config: SimConfig,
+    progress: Callable[[], None] | None = None,
+) -> list[Summary]:
+    """Each policy on a constant uplink at each rate: the "where does split win" figure.
+
+    The summaries' ``trace`` is the rate formatted with ``repr`` so it parses back exactly.
+    """
+    out = []
+    for rate in mbps:
+        trace = ConstantTrace(rate)
+        for policy in policies:
+            out.append(summarize(repr(float(rate)), policy, simulate(trace, policy, config)))
+            if progress is not None:
+                progress()
+    return out
+
+
+def _split_margin(mbps: float, config: SimConfig) -> float:
+    """min(local, offload) - split mean e2e (ms) on a constant link: > 0 where split wins."""
+    trace = ConstantTrace(mbps)
+    mean = {p: summarize("", p, simulate(trace, p, config)).mean_e2e_ms for p in FIXED_POLICIES}
+    return min(mean["local"], mean["offload"]) - mean["split"]
+
+
+def split_wins_ranges(
+    sweep_rows: Sequence[Summary],
+    config: SimConfig | None = None,
+    refine_steps: int = 12,
+) -> list[tuple[float, float]]:
+    """Bandwidth ranges (Mbps, inclusive) where split's mean e2e beats both local and offload.
+
+    First the grid points of the sweep where split wins, grouped into
+    contiguous runs; then, if ``config`` is given, each inner edge is moved
+    to the crossing by bisection in log-bandwidth between the last winning
+    and the first losing grid point (``refine_steps`` halvings: a 1.33x
+    grid step becomes ~0.01 %), because a figure's caption should not quote
+    the grid spacing as a result. Edges at the ends of the sweep stay there:
+    the range may extend beyond what was swept.
+    """
+    by_rate: dict[float, dict[str, float]] = {}
+    for row in sweep_rows:
+        by_rate.setdefault(float(row.trace), {})[row.policy] = row.mean_e2e_ms
+    rates = sorted(r for r, m in by_rate.items() if all(p in m for p in FIXED_POLICIES))
+    wins = [by_rate[r]["split"] < min(by_rate[r]["local"], by_rate[r]["offload"]) for r in rates]
+
+    def crossing(win: float, lose: float) -> float:
+        if config is None:
+            return win
+        lo, hi = math.log(win), math.log(lose)
+        for _ in range(refine_steps):
+            mid = 0.5 * (lo + hi)
+            if _split_margin(math.exp(mid), config) > 0:
+                lo = mid
+            else:
+                hi = mid
+        return math.exp(lo)
+
+    ranges = []
+    i = 0
+    while i < len(rates):
+        if not wins[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(rates) and wins[j + 1]:
+            j += 1
+        lo = crossing(rates[i], rates[i - 1]) if i > 0 else rates[i]
+        hi = crossing(rates[j], rates[j + 1]) if j + 1 < len(rates) else rates[j]
+        ranges.append((lo, hi))
+        i = j + 1
+    return ranges
+
+
+def expected_fixed_ms(costs: ModeCosts, mode: str, mbps: float, delay_ms: float, mss: int = 1460) -> float:
+    """DESIGN.md §3's latency of a fixed mode on a constant, idle uplink, with the link's wire bytes.
+
+    ``compute + wire_bytes * 8 / B + 2 * delay`` where wire bytes add the
+    40-byte TCP/IP header of every ``mss``-byte packet: what the simulator
+    must reproduce when no frame waits behind another (the tests' reference).
+    """
+    dev, nbytes, edge = _mode_table(costs)[mode]
+    if mode == "local":
+        return dev * 1e3
+    packets = -(-nbytes // mss)
+    wire = nbytes + HEADER_BYTES * packets
+    return (dev + edge) * 1e3 + wire * 8 / (mbps * 1e6) * 1e3 + 2 * delay_ms

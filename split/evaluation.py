@@ -1,0 +1,347 @@
+"""`splitedge eval`: accuracy of the original, the split and the JPEG offload paths, side by side.
+
+DESIGN.md §4: a split model's accuracy is only meaningful beside the original model's on the
+same images, and its bytes beside a JPEG of the same input. So every image goes through
+
+- **original**: the unsplit model (`SplitModel.full`), 0 bytes;
+- **split**: head + bottleneck + 8-bit codec on the device, the serialized `Payload` message
+  (what really crosses the network, header included) decoded by the edge (`SplitModel.decode`);
+  one entry per `--checkpoint`, to draw a bytes/accuracy curve;
+- **offload.qNN**: JPEG at quality NN of the model's *own* input (`encode_image`: the
+  classifier's 256-resize + 224 center crop, the detector's resize), decoded on the edge and
+  run through the full model — the fair baseline, since JPEG of the camera frame would pay for
+  pixels the model throws away.
+
+Accuracy: classifiers report `top1` (against labels, when given) and `top1_agreement` (against
+the original's top-1 on the same image); detectors report COCO `map` and `map50` via
+pycocotools (torchvision's COCO label ids are COCO category ids, so no remapping), and
+`map_vs_original`: the original's detections with score >= 0.5 taken as ground truth, which
+measures what the split loses without needing labels.
+
+`prefilter`: when the (first) checkpoint holds a "prefilter" state and `split.prefilter` is
+importable, its recall/precision/drop rate on these images (labels from the COCO annotations
+when given, else from the original model's detections); otherwise null.
+
+JSON layout (documented in issue 3, item 4; extra keys are additions, never renames):
+
+```
+{"model", "checkpoints", "weights", "images", "family",
+ "original": {"payload_bytes_median": 0, "top1"|"map","map50", "top1_agreement"?},
+ "split": {"payload_bytes_median", <accuracy>, "top1_agreement" | "map_vs_original", "checkpoint", "bottleneck"},
+ "curve": [<one "split" entry per checkpoint>],
+ "offload": {"q50": {...}, "q75": {...}, "q90": {...}},
+ "prefilter": {"recall", "precision", "drop_rate"} | null}
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from split.api import SplitModel
+from split.data import CocoImages, DataError, LabeledImages, load_image, train_val_split
+from split.weights import load_checkpoint
+
+__all__ = ["DEFAULT_QUALITIES", "evaluate", "format_summary", "plot"]
+
+DEFAULT_QUALITIES = (50, 75, 90)
+GT_SCORE = 0.5  # the original's detections at or above this score are the ground truth of map_vs_original
+
+
+# -- accuracy ---------------------------------------------------------------------------------
+def _top1(outputs: list[dict[str, Tensor]]) -> list[int]:
+    return [int(o["labels"][0]) for o in outputs]
+
+
+def _classifier_accuracy(preds: list[int], labels: list[int] | None, reference: list[int]) -> dict[str, float | None]:
+    n = len(preds)
+    out: dict[str, float | None] = {"top1": None}
+    if labels is not None and n:
+        out["top1"] = sum(p == y for p, y in zip(preds, labels)) / n
+    out["top1_agreement"] = sum(p == r for p, r in zip(preds, reference)) / n if n else None
+    return out
+
+
+def _coco_results(outputs: list[dict[str, Tensor]], image_ids: list[int]) -> list[dict[str, Any]]:
+    res = []
+    for out, image_id in zip(outputs, image_ids):
+        for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+            x0, y0, x1, y1 = box
+            res.append({"image_id": int(image_id), "category_id": int(label),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
+    return res
+
+
+def _coco_map(gt: Any, results: list[dict[str, Any]], image_ids: list[int]) -> tuple[float, float]:
+    """(mAP@[.5:.95], mAP@.5) of `results` against the COCO object `gt`, on `image_ids` only."""
+    from pycocotools.cocoeval import COCOeval
+
+    if not results or not gt.dataset.get("annotations"):
+        return 0.0, 0.0
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its tables
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [0.0 if s < 0 else float(s) for s in ev.stats[:2]]  # -1: no ground truth in the selection
+    return stats[0], stats[1]
+
+
+def _gt_from_outputs(outputs: list[dict[str, Tensor]], image_ids: list[int], sizes: list[tuple[int, int]]) -> Any:
+    """A pycocotools COCO object whose ground truth is the original's confident detections."""
+    from pycocotools.coco import COCO
+
+    anns, cats = [], set()
+    for out, image_id in zip(outputs, image_ids):
+        for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+            if score < GT_SCORE:
+                continue
+            x0, y0, x1, y1 = box
+            anns.append({"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(label),
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": max(0.0, (x1 - x0) * (y1 - y0)), "iscrowd": 0})
+            cats.add(int(label))
+    gt = COCO()
+    gt.dataset = {"images": [{"id": int(i), "height": h, "width": w} for i, (h, w) in zip(image_ids, sizes)],
+                  "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in sorted(cats)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+# -- the run ----------------------------------------------------------------------------------
+class _Images:
+    """What eval iterates: images, and labels (classifier) or COCO targets (detector)."""
+
+    def __init__(self, images: str, annotations: str | None, labels: str | None) -> None:
+        self.coco: CocoImages | None = None
+        self.folder: LabeledImages | None = None
+        if annotations:
+            self.coco = CocoImages(images, annotations)
+            self.files = self.coco.files
+        else:
+            self.folder = LabeledImages.from_folder(images, labels)
+            self.files = self.folder.files
+
+    def keep(self, indices: list[int]) -> None:
+        if self.coco is not None:
+            self.coco = self.coco.subset(indices)
+            self.files = self.coco.files
+        else:
+            assert self.folder is not None
+            self.folder = self.folder.subset(indices)
+            self.files = self.folder.files
+
+    @property
+    def labels(self) -> list[int] | None:
+        return self.folder.labels if self.folder is not None else None
+
+    @property
+    def image_ids(self) -> list[int]:
+        return self.coco.image_ids if self.coco is not None else list(range(1, len(self.files) + 1))
+
+
+def _median(values: list[int]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def _prefilter_section(checkpoint: str | None, model: SplitModel, data: _Images,
+                       images: list[Tensor]) -> dict[str, float | None] | None:
+    """The hook to `split.prefilter`: null unless both the module and a "prefilter" state exist."""
+    if checkpoint is None:
+        return None
+    state = load_checkpoint(checkpoint).get("prefilter")
+    if state is None:
+        return None
+    try:
+        from split import prefilter as pf_mod
+    except ImportError:
+        return None
+    pf = pf_mod.load_prefilter(state, model.split_channels)
+    if data.coco is not None:
+        labels = pf_mod.labels_from_coco(data.coco.coco, data.coco.image_ids, target_classes=pf.classes)
+    else:
+        labels = pf_mod.labels_from_teacher(model, images, target_classes=pf.classes, progress=False)
+    feats = [pf_mod.head_features(model, img) for img in images]
+    m = pf_mod.prefilter_metrics(pf, feats, labels)
+    return {"recall": m.get("recall"), "precision": m.get("precision"), "drop_rate": m.get("drop_rate")}
+
+
+def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] | None = None,
+             weights: str | None = None, annotations: str | None = None, labels: str | None = None,
+             val_only: tuple[float, int] | None = None, qualities: tuple[int, ...] = DEFAULT_QUALITIES,
+             limit: int | None = None, progress: bool = True,
+             log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run original, split (one per checkpoint) and JPEG offload on the images; the JSON dict.
+
+    `val_only` = (val_fraction, seed) keeps only the held-out part of a training split (the
+    same rule as `splitedge train`, see `split.data.train_val_split`). `limit` keeps the first
+    N images (after the split), for quick looks. With several checkpoints, "original" and
+    "offload" use the first checkpoint's network (they differ only if a checkpoint replaces
+    the whole model, e.g. a fine-tuned detector).
+    """
+    from tqdm import tqdm
+
+    from split.recipes import build
+
+    log = log or (lambda s: print(s, file=sys.stderr))
+    data = _Images(str(images), annotations, labels)
+    if val_only is not None:
+        _, val_idx = train_val_split([f.name for f in data.files], val_only[0], val_only[1])
+        data.keep(val_idx)
+    if limit is not None:
+        data.keep(list(range(min(limit, len(data.files)))))
+    if not data.files:
+        raise DataError("no images left to evaluate")
+    ckpts: list[str | None] = list(checkpoints) if checkpoints else [None]
+    models: list[tuple[SplitModel, str]] = [build(model, weights=weights, checkpoint=c) for c in ckpts]
+    base = models[0][0]
+    family = base.family
+    if family == "detector" and data.coco is None and annotations is None:
+        log("eval: a detector without --annotations reports only map_vs_original")
+    log(f"eval {model} on {len(data.files)} images: " + "; ".join(src for _, src in models))
+
+    originals: list[dict[str, Tensor]] = []
+    splits: list[list[dict[str, Tensor]]] = [[] for _ in models]
+    split_bytes: list[list[int]] = [[] for _ in models]
+    offload: dict[int, list[dict[str, Tensor]]] = {q: [] for q in qualities}
+    offload_bytes: dict[int, list[int]] = {q: [] for q in qualities}
+    sizes: list[tuple[int, int]] = []
+    loaded: list[Tensor] = []
+    began = time.monotonic()
+    keep_images = ckpts[0] is not None and "prefilter" in load_checkpoint(ckpts[0])  # only the prefilter needs them
+
+    for path in tqdm(data.files, desc="eval", unit="image", file=sys.stderr, disable=not progress, mininterval=5):
+        img = load_image(path)
+        sizes.append((int(img.shape[-2]), int(img.shape[-1])))
+        with torch.inference_mode():
+            originals.append(_detach(base.full(img)))
+            for i, (sm, _) in enumerate(models):
+                payload = sm.encode([img])[0]
+                split_bytes[i].append(len(payload))
+                splits[i].append(_detach(sm.decode(payload)))
+            for q in qualities:
+                payload = base.encode_image(img, q).SerializeToString()
+                offload_bytes[q].append(len(payload))
+                offload[q].append(_detach(base.decode(payload)))
+        if keep_images:
+            loaded.append(img)
+
+    def accuracy(outputs: list[dict[str, Tensor]], vs_original: bool) -> dict[str, Any]:
+        if family == "classifier":
+            return _classifier_accuracy(_top1(outputs), data.labels, _top1(originals))
+        acc: dict[str, Any] = {"map": None, "map50": None}
+        ids = data.image_ids
+        if data.coco is not None:
+            acc["map"], acc["map50"] = _coco_map(data.coco.coco, _coco_results(outputs, ids), ids)
+        if vs_original:
+            gt = _gt_from_outputs(originals, ids, sizes)
+            acc["map_vs_original"] = _coco_map(gt, _coco_results(outputs, ids), ids)[0] if gt.dataset["annotations"] else None
+        return acc
+
+    result: dict[str, Any] = {
+        "model": model, "family": family, "weights": weights, "images": len(data.files),
+        "image_dir": str(images), "val_only": val_only is not None,
+        "checkpoints": [c for c in ckpts if c is not None],
+        "original": {"payload_bytes_median": 0, **accuracy(originals, False)},
+    }
+    curve = []
+    for (sm, _), outs, nbytes, ckpt in zip(models, splits, split_bytes, ckpts):
+        entry = {"payload_bytes_median": _median(nbytes), **accuracy(outs, True),
+                 "checkpoint": ckpt, "bottleneck": sm.bottleneck.spec() if sm.bottleneck is not None else None,
+                 "split_point": sm.at, "codec": sm.codec.name}
+        curve.append(entry)
+    result["split"] = curve[0]
+    result["curve"] = curve
+    result["offload"] = {f"q{q}": {"payload_bytes_median": _median(offload_bytes[q]), **accuracy(offload[q], True)}
+                         for q in qualities}
+    result["prefilter"] = _prefilter_section(ckpts[0], models[0][0], data, loaded) if ckpts[0] else None
+    result["wall_s"] = round(time.monotonic() - began, 1)
+    return result
+
+
+def _detach(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in out.items() if k in ("boxes", "labels", "scores")}
+
+
+# -- the figure -------------------------------------------------------------------------------
+def _metric(result: dict[str, Any]) -> tuple[str, str]:
+    if result["family"] == "classifier":
+        return ("top1", "top-1") if result["original"].get("top1") is not None else ("top1_agreement", "top-1 agreement with original")
+    return ("map", "mAP") if result["original"].get("map") is not None else ("map_vs_original", "mAP vs original's detections")
+
+
+def plot(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Accuracy against bytes per frame: split points (one per checkpoint) vs JPEG offload,
+    with the original as a horizontal line (it sends nothing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key, label = _metric(result)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    orig = result["original"].get(key)
+    if orig is None and key == "map_vs_original":
+        orig = 1.0
+    if orig is None and key == "top1_agreement":
+        orig = 1.0
+    if orig is not None:
+        ax.axhline(orig, color="gray", linestyle="--", label=f"original ({orig:.3f})")
+    jpeg = sorted(((v["payload_bytes_median"], v.get(key), q) for q, v in result["offload"].items()))
+    ax.plot([b for b, _, _ in jpeg], [a for _, a, _ in jpeg], "s-", color="tab:orange", label="offload: JPEG of the model input")
+    for b, a, q in jpeg:
+        if a is not None:
+            ax.annotate(q, (b, a), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    pts = sorted(((e["payload_bytes_median"], e.get(key), e.get("bottleneck")) for e in result["curve"]),
+                 key=lambda t: t[0])
+    ax.plot([b for b, _, _ in pts], [a for _, a, _ in pts], "o-", color="tab:blue",
+            label=f"split at {result['split']['split_point']} (8-bit bottleneck)")
+    for b, a, spec in pts:
+        if a is not None and spec:
+            ax.annotate(f"C={spec['channels']}" + (f"/{2 ** spec['downsample']}" if spec.get("downsample") else ""),
+                        (b, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("payload bytes per frame (median)")
+    ax.set_ylabel(label)
+    ax.set_title(f"{result['model']}: {result['images']} images" + (" (held out)" if result.get("val_only") else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """A few lines for the terminal: each path's bytes and accuracy."""
+    key, _ = _metric(result)
+
+    def acc(e: dict[str, Any]) -> str:
+        v = e.get(key)
+        extra = ""
+        if "top1_agreement" in e and key != "top1_agreement" and e["top1_agreement"] is not None:
+            extra = f" (agreement {e['top1_agreement']:.3f})"
+        if e.get("map_vs_original") is not None and key != "map_vs_original":
+            extra = f" (vs original {e['map_vs_original']:.3f})"
+        return ("n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}") + extra
+
+    rows = [f"original            0 B  {key} {acc(result['original'])}"]
+    for e in result["curve"]:
+        name = Path(e["checkpoint"]).stem if e["checkpoint"] else "split (no checkpoint)"
+        rows.append(f"{name:<18} {e['payload_bytes_median']:>6.0f} B  {key} {acc(e)}")
+    for q, e in result["offload"].items():
+        rows.append(f"{'jpeg ' + q:<18} {e['payload_bytes_median']:>6.0f} B  {key} {acc(e)}")
+    return "\n".join(rows)

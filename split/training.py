@@ -1,0 +1,548 @@
+"""Distillation of a split model's head and bottleneck from the original model (HND, GHND).
+
+The teacher is the original network, frozen. The student is the same network cut at the
+recipe's split point (`SplitModel(..., own_head=True)`) with a bottleneck inserted: a trainable
+copy of the head layers, the bottleneck encoder and decoder, then the teacher's own frozen
+later layers. No labels are needed: the student learns to make the tail see what it sees in
+the original.
+
+- **HND** (head network distillation): MSE between the decoded features and the teacher's
+  output at the split point.
+- **GHND** (generalized HND, Matsubara & Levorato): the sum of MSEs at several stages at and
+  after the split point. The student's later stages *are* the teacher's frozen ones, fed by
+  the decoded features, so errors that the tail amplifies are penalized where they matter.
+  Optionally `kd_weight` x KL(teacher || student) on a classifier's logits.
+
+Why a teacher cache: on this CPU, running the frozen teacher for every step costs more than
+the student's own step (REFERENCES.md). Every augmented sample is a pure function of
+(seed, index) (see `split.data.DistillAugment`), so the teacher runs once per sample: its
+outputs at the loss stages, and the input of the first trainable layer (the output of the
+frozen prefix `freeze_through`, or the augmented image itself), are stored — in memory, or
+as .npy files under `cache_dir` that the next run with the same data and teacher reuses
+(three bottleneck sizes share one cache). Epochs then read the cache in a seeded order.
+
+Why simulate the codec: the wire carries 8-bit per-tensor quantized values, so training
+quantizes the latent the same way (min/max per sample, 255 steps) with a straight-through
+gradient; the decoder learns on what it will receive.
+
+Determinism: the bottleneck's initialization, each augmented sample, and each epoch's order
+derive from `train.seed`; the lr schedule is a function of the epoch. A checkpoint written
+after every epoch holds the optimizer state, so `--resume` continues as if never stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bottlenecks import Bottleneck
+from split.adapters import ClassifierAdapter, Stage
+from split.api import SplitModel
+from split.data import DataError, DistillAugment, LabeledImages, load_image, train_val_split
+from split.train_config import ConfigError, DistillConfig, config_from_dict, load_config
+from split.weights import WeightsError, load_checkpoint
+
+__all__ = ["Distiller", "TrainResult", "config_of_checkpoint", "default_ghnd_stages", "fake_quantize", "train",
+           "train_from_file"]
+
+LOGITS = "logits"
+
+
+@dataclass
+class TrainResult:
+    """What a run did: the checkpoint written, the epochs run now, per-epoch metrics, time."""
+
+    checkpoint: Path
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    wall_s: float = 0.0
+    cache_s: float = 0.0
+
+
+def fake_quantize(z: Tensor) -> Tensor:
+    """Per-sample min/max 8-bit quantization, as `bottlenecks.Uint8Codec` does on the wire.
+
+    Forward: the values the edge will decode. Backward: identity (straight-through), since
+    rounding has no useful gradient.
+    """
+    dims = tuple(range(1, z.ndim))
+    lo = z.amin(dim=dims, keepdim=True)
+    hi = z.amax(dim=dims, keepdim=True)
+    scale = ((hi - lo) / 255.0).clamp_min(1e-12)
+    q = torch.round((z - lo) / scale) * scale + lo
+    return z + (q - z).detach()
+
+
+def _shapes(stages: list[Stage], size: int, adapter: Any) -> list[tuple[int, ...]]:
+    x = _normalize_batch(adapter, torch.zeros(1, 3, size, size))
+    out = []
+    with torch.inference_mode():
+        for s in stages:
+            x = s.module(x)
+            out.append(tuple(x.shape[1:]))
+    return out
+
+
+def default_ghnd_stages(stages: list[Stage], k: int, shapes: list[tuple[int, ...]]) -> list[str]:
+    """GHND's stages when a config names none: the split point, then the end of every later
+    resolution level (for ResNet: layer1..layer4, as hnd-ghnd) and every tapped output (FPN
+    levels, SSD heads), i.e. the tensors the rest of the network is built on."""
+    names = [stages[k].name]
+    for i in range(k + 1, len(stages)):
+        if len(shapes[i]) != 3 or _is_pooling(stages[i].module):
+            break  # pooled: the classifier's end
+        nxt = shapes[i + 1] if i + 1 < len(shapes) else ()
+        level_end = len(nxt) != 3 or nxt[1:] != shapes[i][1:]
+        if stages[i].tap is not None or level_end:
+            names.append(stages[i].name)
+    return names
+
+
+def _is_pooling(module: nn.Module) -> bool:
+    return isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten))
+
+
+def _normalize_batch(adapter: Any, images: Tensor) -> Tensor:
+    """The model's input for a batch of same-sized images in [0, 1] (already at model size)."""
+    if isinstance(adapter, ClassifierAdapter):
+        mean = torch.tensor(adapter.mean).view(1, 3, 1, 1)
+        std = torch.tensor(adapter.std).view(1, 3, 1, 1)
+        return (images - mean) / std
+    return torch.cat([adapter.preprocess(im).tensor for im in images])
+
+
+def _model_size(adapter: Any) -> int:
+    if isinstance(adapter, ClassifierAdapter):
+        return adapter.crop_size
+    transform = adapter.model.transform
+    return int(transform.fixed_size[0] if getattr(transform, "fixed_size", None) else transform.min_size[0])
+
+
+def _center_view(image: Tensor, size: int, adapter: Any) -> Tensor:
+    """The deterministic validation view: the classifier's own resize + center crop, or a
+    center square at the training size for detectors (so that samples stack into batches)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if isinstance(adapter, ClassifierAdapter):
+        short = round(size * adapter.resize_size / adapter.crop_size)
+    else:
+        short = size
+    x = TF.resize(image, [short], antialias=True)
+    return TF.center_crop(x, [size, size]).clamp(0, 1)
+
+
+class _Plan:
+    """Which stages are frozen and cached, which train, which the loss reads."""
+
+    def __init__(self, cfg: DistillConfig, student: SplitModel, stages: list[Stage], size: int) -> None:
+        names = [s.name for s in stages]
+        self.k = names.index(student.at)
+        t = cfg.train
+        if not t.trainable_head:
+            self.frozen = self.k + 1
+        elif t.freeze_through is None:
+            self.frozen = 0
+        else:
+            if t.freeze_through not in names[: self.k + 1]:
+                raise ConfigError(f"{cfg.source}: train.freeze_through {t.freeze_through!r} is not a stage at or "
+                                  f"before the split point {student.at!r}; head stages: {', '.join(names[: self.k + 1])}")
+            self.frozen = names.index(t.freeze_through) + 1
+        self.shapes = _shapes(stages, size, student.adapter)
+        if t.loss == "hnd":
+            self.loss_stages = [student.at]
+        elif t.ghnd_stages:
+            feature = [n for n, st, sh in zip(names[self.k:], stages[self.k:], self.shapes[self.k:])
+                       if len(sh) == 3 and not _is_pooling(st.module)]
+            bad = [s for s in t.ghnd_stages if s not in feature]
+            if bad:
+                later = feature
+                raise ConfigError(f"{cfg.source}: train.ghnd_stages entry {bad[0]!r} is not a feature stage at or "
+                                  f"after the split point; valid: {', '.join(later)}")
+            self.loss_stages = list(dict.fromkeys(t.ghnd_stages))
+        else:
+            self.loss_stages = default_ghnd_stages(stages, self.k, self.shapes)
+        self.classifier = student.family == "classifier"
+        if t.kd_weight > 0 and not self.classifier:
+            raise ConfigError(f"{cfg.source}: train.kd_weight applies to classifiers; {cfg.recipe!r} is a detector")
+        self.kd = t.kd_weight > 0
+        last_loss = max(names.index(s) for s in self.loss_stages)
+        self.run_to = len(stages) - 1 if self.kd else last_loss  # the student runs no further than needed
+        self.names = names
+        self.input_is_image = self.frozen == 0
+
+
+class _Cache:
+    """Augmented samples through the frozen teacher: student inputs and teacher targets.
+
+    Arrays are numpy (in memory, or .npy memory maps under a directory with a `meta.json`
+    written last, so an interrupted build is never mistaken for a complete one).
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.n = len(next(iter(arrays.values())))
+
+    def batch(self, idx: Tensor | list[int]) -> dict[str, Tensor]:
+        ix = np.sort(np.asarray(idx, dtype=np.int64))  # sorted reads are kinder to memory maps
+        order = np.argsort(np.argsort(np.asarray(idx, dtype=np.int64)))
+        return {k: torch.from_numpy(np.ascontiguousarray(v[ix][order])) for k, v in self.arrays.items()}
+
+    @staticmethod
+    def build(n: int, view: Callable[[int], Tensor], teacher: Callable[[Tensor], dict[str, Tensor]],
+              directory: Path | None, key: str, batch_size: int, desc: str, progress: bool) -> "_Cache":
+        from tqdm import tqdm
+
+        if directory is not None:
+            folder = directory / key
+            meta = folder / "meta.json"
+            if meta.is_file():
+                info = json.loads(meta.read_text())
+                if info.get("n") == n:
+                    return _Cache({k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in info["keys"]})
+            folder.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        bar = tqdm(total=n, desc=desc, unit="sample", file=sys.stderr, disable=not progress, mininterval=5)
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            views = torch.stack([view(i) for i in idx])
+            with torch.inference_mode():
+                out = teacher(views)
+            for k, v in out.items():
+                arr = v.numpy()
+                if k not in arrays:
+                    shape = (n, *arr.shape[1:])
+                    if directory is not None:
+                        arrays[k] = np.lib.format.open_memmap(directory / key / f"{k}.npy", mode="w+",
+                                                              dtype=arr.dtype, shape=shape)
+                    else:
+                        arrays[k] = np.empty(shape, dtype=arr.dtype)
+                arrays[k][start : start + len(idx)] = arr
+            bar.update(len(idx))
+        bar.close()
+        if directory is not None:
+            for a in arrays.values():
+                a.flush()
+            (directory / key / "meta.json").write_text(json.dumps({"n": n, "keys": sorted(arrays)}))
+            return _Cache({k: np.load(directory / key / f"{k}.npy", mmap_mode="r") for k in arrays})
+        return _Cache(arrays)
+
+
+class Distiller:
+    """One distillation run: teacher, student, caches, optimizer; `run()` trains and saves."""
+
+    def __init__(self, cfg: DistillConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> None:
+        from split.recipes import build
+
+        self.cfg, self.progress = cfg, progress
+        self.log = log or (lambda s: print(s, file=sys.stderr))
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.set_flush_denormal(True)  # denormal floats slow CPU convolutions many-fold
+        teacher_sm, self.weights_source = build(cfg.recipe, weights=cfg.weights)
+        self.model = teacher_sm.model.eval()
+        recipe_sm = teacher_sm
+        in_channels = recipe_sm.split_channels
+        torch.manual_seed(t.seed)
+        b = cfg.bottleneck
+        self.bottleneck = Bottleneck(in_channels, b.channels, b.hidden, b.downsample, b.kind)
+        self.student = SplitModel(self.model, recipe_sm.at, self.bottleneck, codec=recipe_sm.codec,
+                                  name=recipe_sm.name, own_head=t.trainable_head)
+        self.model.requires_grad_(False)
+        self.teacher_stages = self.student.adapter.stages()
+        self.size = t.input_size or _model_size(self.student.adapter)
+        self.plan = _Plan(cfg, self.student, self.teacher_stages, self.size)
+        p = self.plan
+        self.head_blocks = list(self.student.head.chain.blocks)
+        self.trainable_head = nn.ModuleList(self.head_blocks[p.frozen : p.k + 1])
+        self.trainable_head.requires_grad_(True)
+        self.params = [q for q in list(self.trainable_head.parameters()) + list(self.bottleneck.parameters())
+                       if q.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=t.lr)
+        self._load_data()
+
+    # -- data and caches ------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        d = self.cfg.data
+        try:
+            self.images = LabeledImages.from_folder(d.dir, d.labels)
+        except DataError as exc:
+            raise DataError(f"{self.cfg.source}: data: {exc}") from None
+        train_idx, val_idx = train_val_split([f.name for f in self.images.files], d.val_fraction, d.seed)
+        self.train_set = self.images.subset(train_idx)
+        self.val_set = self.images.subset(val_idx)
+
+    def _teacher_fn(self, with_logits: bool) -> Callable[[Tensor], dict[str, Tensor]]:
+        p = self.plan
+        wanted = set(p.loss_stages) | ({p.names[p.k]} if with_logits else set())
+
+        def run(views: Tensor) -> dict[str, Tensor]:
+            x = _normalize_batch(self.student.adapter, views)
+            out: dict[str, Tensor] = {}
+            if p.input_is_image:
+                out["input"] = (views * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+            last = len(self.teacher_stages) - 1 if with_logits else p.run_to
+            for i, s in enumerate(self.teacher_stages[: last + 1]):
+                x = s.module(x)
+                if i + 1 == p.frozen:
+                    out["input"] = x.half()
+                if s.name in wanted:
+                    out[s.name] = x.half()
+            if with_logits and p.classifier:
+                out[LOGITS] = x.float()
+            return out
+
+        return run
+
+    def _cache_key(self, part: str, files: list[Path], n: int) -> str:
+        t, p = self.cfg.train, self.plan
+        ident = {"part": part, "recipe": self.cfg.recipe, "weights": self.cfg.weights, "size": self.size,
+                 "files": [f"{f.name}:{f.stat().st_size}" for f in files], "n": n, "seed": t.seed,
+                 "frozen": p.frozen, "stages": p.loss_stages, "run_to": p.run_to, "v": 1}
+        digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.cfg.recipe}-{part}-{digest}"
+
+    def _caches(self) -> tuple[_Cache, _Cache | None]:
+        t = self.cfg.train
+        directory = Path(os.path.expanduser(t.cache_dir)) if t.cache_dir else None
+        files = self.train_set.files
+        n = len(files) * t.augment_repeats
+        augment = DistillAugment(self.size, seed=t.seed)
+        decoded: dict[int, Tensor] = {}  # uint8, decoded once: a few hundred small images
+
+        def train_view(i: int) -> Tensor:  # sample i = augmentation (i // n_files) of image (i % n_files)
+            j = i % len(files)
+            if j not in decoded:
+                decoded[j] = (load_image(files[j]) * 255.0).round().to(torch.uint8)
+            return augment.sample(decoded[j].float() / 255.0, i)
+
+        per_sample = self._bytes_per_sample()
+        self.log(f"teacher cache: {n} training samples ({len(files)} images x {t.augment_repeats}), "
+                 f"~{n * per_sample / 2**20:.0f} MiB" + (f" under {directory}" if directory else " in memory"))
+        train = _Cache.build(n, train_view, self._teacher_fn(self.plan.kd), directory,
+                             self._cache_key("train", files, n), t.batch_size, "teacher", self.progress)
+        val = None
+        if len(self.val_set):
+            vfiles = self.val_set.files
+            val = _Cache.build(len(vfiles), lambda i: _center_view(load_image(vfiles[i]), self.size, self.student.adapter),
+                               self._teacher_fn(True), directory, self._cache_key("val", vfiles, len(vfiles)),
+                               t.batch_size, "teacher (val)", self.progress)
+        return train, val
+
+    def _bytes_per_sample(self) -> int:
+        p = self.plan
+        total = 3 * self.size * self.size if p.input_is_image else 2 * math.prod(self.plan.shapes[p.frozen - 1])
+        total += sum(2 * math.prod(p.shapes[p.names.index(s)]) for s in p.loss_stages)
+        return total + (4 * math.prod(p.shapes[-1]) if p.kd else 0)
+
+    # -- the student ----------------------------------------------------------------------------
+    def student_forward(self, batch: dict[str, Tensor], quantize: bool) -> dict[str, Tensor]:
+        """Trainable head stages -> encoder -> (8-bit) -> decoder -> frozen later stages."""
+        p = self.plan
+        x = batch["input"]
+        x = _normalize_batch(self.student.adapter, x.float() / 255.0) if p.input_is_image else x.float()
+        for block in self.trainable_head:
+            x = block(x)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        z = self.bottleneck.encode(x)
+        if quantize:
+            z = fake_quantize(z)
+        x = self.bottleneck.decode(z, size)
+        out: dict[str, Tensor] = {}
+        if p.names[p.k] in p.loss_stages:
+            out[p.names[p.k]] = x
+        for i in range(p.k + 1, p.run_to + 1):
+            x = self.teacher_stages[i].module(x)
+            if p.names[i] in p.loss_stages:
+                out[p.names[i]] = x
+        if p.kd:
+            out[LOGITS] = x
+        return out
+
+    def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        parts = {s: F.mse_loss(out[s], batch[s].float()) for s in self.plan.loss_stages}
+        total = sum(parts.values())
+        if self.plan.kd:
+            kl = F.kl_div(out[LOGITS].log_softmax(-1), batch[LOGITS].float().log_softmax(-1),
+                          reduction="batchmean", log_target=True)
+            parts["kl"] = kl
+            total = total + self.cfg.train.kd_weight * kl
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def _train_mode(self, training: bool) -> None:
+        self.model.eval()
+        self.student.head.eval()  # the copied head keeps the teacher's BatchNorm statistics
+        self.bottleneck.train(training)
+
+    @torch.no_grad()
+    def validate(self, cache: _Cache) -> dict[str, float]:
+        """Split-point relative MSE (error energy / teacher variance) and, for classifiers,
+        top-1 agreement with the teacher and top-1 against labels, on held-out images."""
+        self._train_mode(False)
+        p, bs = self.plan, self.cfg.train.batch_size
+        split_name = p.names[p.k]
+        err = var = 0.0
+        agree = correct = total = 0
+        labels = self.val_set.labels
+        for start in range(0, cache.n, bs):
+            idx = list(range(start, min(cache.n, start + bs)))
+            batch = cache.batch(idx)
+            x = batch["input"]
+            x = _normalize_batch(self.student.adapter, x.float() / 255.0) if p.input_is_image else x.float()
+            for block in self.trainable_head:
+                x = block(x)
+            size = (int(x.shape[-2]), int(x.shape[-1]))
+            x = self.bottleneck.decode(fake_quantize(self.bottleneck.encode(x)), size)
+            target = batch[split_name].float() if split_name in batch else None
+            if target is not None:
+                err += float(((x - target) ** 2).sum())
+                var += float(((target - target.mean(dim=(0, 2, 3), keepdim=True)) ** 2).sum())
+            if p.classifier and LOGITS in batch:
+                for i in range(p.k + 1, len(self.teacher_stages)):
+                    x = self.teacher_stages[i].module(x)
+                pred = x.argmax(-1)
+                agree += int((pred == batch[LOGITS].argmax(-1)).sum())
+                if labels is not None:
+                    correct += int((pred == torch.tensor([labels[i] for i in idx])).sum())
+                total += len(idx)
+        out = {"val_rel_mse": err / var if var else float("nan")}
+        if total:
+            out["val_top1_agreement"] = agree / total
+            if labels is not None:
+                out["val_top1"] = correct / total
+        return out
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint(self, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
+        ckpt: dict[str, Any] = {
+            "recipe": self.cfg.recipe,
+            "bottleneck": self.bottleneck.state_dict(),
+            "bottleneck_spec": self.bottleneck.spec(),
+            "config": self.cfg.to_dict(),
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "history": history,
+            "weights": self.cfg.weights,
+        }
+        if self.cfg.train.trainable_head:
+            ckpt["head"] = self.student.head.chain.state_dict()
+        return ckpt
+
+    def save(self, epoch: int, history: list[dict[str, float]]) -> Path:
+        out = Path(self.cfg.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".partial")
+        torch.save(self.checkpoint(epoch, history), tmp)
+        tmp.replace(out)  # a crash mid-save leaves the previous epoch's checkpoint intact
+        return out
+
+    def resume(self) -> tuple[int, list[dict[str, float]]]:
+        """Load head, bottleneck and optimizer from the output checkpoint; returns its epoch."""
+        path = Path(self.cfg.output)
+        ckpt = load_checkpoint(path)
+        saved = ckpt.get("config")
+        if ckpt.get("recipe") != self.cfg.recipe or not isinstance(saved, dict):
+            raise WeightsError(f"{path} was not written by `splitedge train` for {self.cfg.recipe!r}; cannot resume")
+        mine = self.cfg.to_dict()
+        for section in ("weights", "data", "bottleneck"):
+            if saved.get(section) != mine.get(section):
+                raise WeightsError(f"cannot resume {path}: its {section} {saved.get(section)} differs from "
+                                   f"{self.cfg.source}'s {mine.get(section)}")
+        for key in ("trainable_head", "freeze_through", "seed", "augment_repeats", "loss", "ghnd_stages"):
+            if saved["train"].get(key) != mine["train"].get(key):
+                raise WeightsError(f"cannot resume {path}: train.{key} was {saved['train'].get(key)!r}, "
+                                   f"{self.cfg.source} says {mine['train'].get(key)!r}")
+        self.bottleneck.load_state_dict(ckpt["bottleneck"])
+        if "head" in ckpt:
+            self.student.head.chain.load_state_dict(ckpt["head"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        return int(ckpt.get("epoch", 0)), list(ckpt.get("history", []))
+
+    # -- the loop -------------------------------------------------------------------------------
+    def lr_at(self, epoch: int) -> float:
+        t = self.cfg.train
+        return t.lr * t.gamma ** sum(1 for m in t.milestones if epoch >= m)
+
+    def run(self, resume: bool = False) -> TrainResult:
+        from tqdm import tqdm
+
+        t = self.cfg.train
+        start, history = self.resume() if resume else (0, [])
+        out = Path(self.cfg.output)
+        if start >= t.epochs:
+            self.log(f"{out} already holds epoch {start} of {t.epochs}; nothing to do")
+            return TrainResult(out, 0, history)
+        began = time.monotonic()
+        train_cache, val_cache = self._caches()
+        cache_s = time.monotonic() - began
+        self.log(f"distilling {self.cfg.recipe} at {self.student.at} ({self.weights_source}); bottleneck "
+                 f"{self.bottleneck.spec()}; loss {t.loss} on {', '.join(self.plan.loss_stages)}"
+                 + (f" + {t.kd_weight} x KL" if self.plan.kd else "")
+                 + f"; trainable: {len(self.trainable_head)} head stages + bottleneck, "
+                 f"{sum(q.numel() for q in self.params)} parameters; epochs {start + 1}..{t.epochs}")
+        for epoch in range(start, t.epochs):
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(epoch)
+            order = torch.randperm(train_cache.n, generator=torch.Generator().manual_seed(t.seed * 7919 + epoch))
+            self._train_mode(True)
+            bar = tqdm(total=train_cache.n, desc=f"epoch {epoch + 1}/{t.epochs}", unit="sample",
+                       file=sys.stderr, disable=not self.progress, mininterval=5)
+            sums: dict[str, float] = {}
+            steps = 0
+            for b in range(0, train_cache.n, t.batch_size):
+                batch = train_cache.batch(order[b : b + t.batch_size].tolist())
+                loss, parts = self.loss(self.student_forward(batch, t.quantize), batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                steps += 1
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(len(batch["input"]))
+                bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
+            bar.close()
+            record: dict[str, float] = {"epoch": epoch + 1, "lr": self.lr_at(epoch),
+                                        **{k: v / max(steps, 1) for k, v in sums.items()}}
+            if val_cache is not None:
+                record.update(self.validate(val_cache))
+            record["elapsed_s"] = round(time.monotonic() - began, 1)
+            history.append(record)
+            self.save(epoch + 1, history)
+            self.log("epoch {epoch}: ".format(epoch=epoch + 1) + ", ".join(
+                f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",)) + f" -> {out}")
+        wall = time.monotonic() - began
+        return TrainResult(out, t.epochs - start, history, wall, cache_s)
+
+
+def train(cfg: DistillConfig, resume: bool = False, progress: bool = True,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Distill `cfg`'s recipe; writes `cfg.output` after every epoch. See the module docstring."""
+    return Distiller(cfg, progress=progress, log=log).run(resume=resume)
+
+
+def train_from_file(path: str | os.PathLike[str], resume: bool = False, progress: bool = True,
+                    log: Callable[[str], None] | None = None) -> TrainResult:
+    """`splitedge train --config FILE`: load and validate the YAML, then `train`."""
+    return train(load_config(path), resume=resume, progress=progress, log=log)
+
+
+def config_of_checkpoint(path: str | os.PathLike[str]) -> DistillConfig:
+    """The training config a checkpoint was made with (for `eval --val-only`)."""
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt.get("config"), dict):
+        raise WeightsError(f"{path} holds no training config")
+    return config_from_dict(ckpt["config"], str(path))

@@ -1,0 +1,278 @@
+"""The socket-free simulator and `splitedge simulate`: DESIGN.md's formula, the oracle, the controller, the CLI.
+
+Everything here runs on synthetic profiles and `const:`/`steps:` traces, in a few seconds; the
+real traces of ../shared/data are used by one test only, skipped when they are absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from mobile_client.controller import REASONS, ModeCosts, predict_latencies
+from simulators.experiment import (
+    FIXED_POLICIES,
+    POLICIES,
+    SimConfig,
+    expected_fixed_ms,
+    simulate,
+    split_wins_ranges,
+    summarize,
+    sweep,
+)
+from simulators.traces import load_trace
+from split.dispatch import main as splitedge
+
+from .conftest import shared_data
+
+# A device 10x slower than the edge: local 300 ms; split 40 + 30 ms compute and 10 KB;
+# offload 5 + 20 ms compute and a 50 KB JPEG. With a 40 ms RTT (20 ms each way), split beats
+# local above ~0.43 Mbit/s and offload below ~7.3 Mbit/s (wire bytes include TCP/IP headers).
+COSTS = ModeCosts(t_full_device_ms=300.0, t_head_device_ms=40.0, t_tail_edge_ms=30.0, t_full_edge_ms=20.0,
+                  t_jpeg_encode_ms=5.0, bytes_split=10_000, bytes_jpeg=50_000)
+DELAY_MS = 20.0
+
+
+def _mean(trace: str, policy: str, config: SimConfig) -> float:
+    return summarize(trace, policy, simulate(load_trace(trace), policy, config)).mean_e2e_ms
+
+
+# ------------------------------------------------------------------ fixed policies
+@pytest.mark.parametrize("mbps", [0.5, 5.0, 50.0])
+@pytest.mark.parametrize("mode", FIXED_POLICIES)
+def test_fixed_policies_match_the_design_formula_on_a_constant_link(mode, mbps):
+    config = SimConfig(COSTS, fps=0.5, frames=8, delay_ms=DELAY_MS)  # 2 s apart: no frame waits
+    records = simulate(load_trace(f"const:{mbps}"), mode, config)
+    exact = expected_fixed_ms(COSTS, mode, mbps, DELAY_MS)
+    for r in records:
+        assert r.mode == mode and r.queue_ms == 0.0
+        assert r.e2e_ms == pytest.approx(exact, rel=1e-9)
+    # DESIGN.md §3 counts payload bytes; the link also carries 40 header bytes per 1460: < 3 % apart.
+    design = predict_latencies(COSTS, mbps * 1e6, 2 * DELAY_MS / 1e3)[mode]
+    assert records[0].e2e_ms == pytest.approx(design, rel=0.03)
+
+
+def test_frames_queue_behind_each_other_when_the_device_is_busy():
+    config = SimConfig(COSTS, fps=10.0, frames=20)  # local takes 300 ms, frames come every 100 ms
+    records = simulate(load_trace("const:1"), "local", config)
+    for prev, cur in zip(records, records[1:]):
+        assert cur.start_s == pytest.approx(prev.done_s)
+    assert [round(r.queue_ms) for r in records[:4]] == [0, 200, 400, 600]
+    assert records[-1].e2e_ms == pytest.approx(300 + 19 * 200)
+
+
+# ------------------------------------------------------------------ oracle and auto
+@pytest.mark.parametrize("trace", ["const:0.3", "const:3", "steps:4@0.15,4@8", "steps:3@0.02,3@2,3@40"])
+def test_the_oracle_is_never_worse_than_a_fixed_policy(trace):
+    config = SimConfig(COSTS, fps=5.0, frames=150)
+    oracle = _mean(trace, "oracle", config)
+    for mode in FIXED_POLICIES:
+        assert oracle <= _mean(trace, mode, config) + 1e-6
+
+
+@pytest.mark.parametrize("mbps, best", [(0.05, "local"), (1.0, "split"), (100.0, "offload")])
+def test_auto_finds_the_best_fixed_policy_on_constant_links(mbps, best):
+    config = SimConfig(COSTS, fps=5.0, frames=600)
+    trace = load_trace(f"const:{mbps}")
+    means = {p: summarize("", p, simulate(trace, p, config)).mean_e2e_ms for p in POLICIES}
+    assert min(FIXED_POLICIES, key=means.get) == best
+    auto = summarize("", "auto", simulate(trace, "auto", config))
+    assert auto.mode_share[best] >= 0.95
+    # The price of not knowing the link: one measuring frame at the start, then probes. On a
+    # link where a split payload takes 1.7 s (0.05 Mbit/s), that is ~20 %, not a ratchet.
+    assert means["auto"] <= (1.3 if best == "local" else 1.05) * means[best]
+    assert means["oracle"] <= means["auto"] + 1e-6
+
+
+def test_auto_drives_the_live_controller_and_follows_a_step():
+    # 40 s at 0.1 Mbit/s (local 300 ms beats split 930 ms), then 60 s at 50 Mbit/s (offload 73 ms).
+    config = SimConfig(COSTS, fps=5.0, frames=1000)
+    records = simulate(load_trace("steps:40@0.1,60@50"), "auto", config)
+    assert {r.reason for r in records} <= REASONS
+    # Down: within a few frames. Up: only a probe can tell, and probes back off (5, 10, 20 s, then
+    # their 2 % budget: 630 ms extra each, so ~32 s) while they keep finding the link bad.
+    late_in_slow = [r.mode for r in records if 10 <= r.start_s % 100 < 40]
+    late_in_fast = [r.mode for r in records if 80 <= r.start_s % 100 < 100]
+    assert late_in_slow.count("local") >= 0.8 * len(late_in_slow)
+    assert late_in_fast.count("offload") >= 0.8 * len(late_in_fast)
+
+
+def test_device_slowdown_moves_the_choice_to_the_edge():
+    from mobile_client.controller import scaled
+
+    fast = SimConfig(COSTS, fps=1.0, frames=200)
+    slow = SimConfig(scaled(COSTS, 8.0), fps=0.25, frames=60)
+    assert summarize("", "auto", simulate(load_trace("const:0.2"), "auto", fast)).mode_share["local"] > 0.9
+    assert summarize("", "auto", simulate(load_trace("const:0.2"), "auto", slow)).mode_share["split"] > 0.9
+
+
+# ------------------------------------------------------------------ sweep
+def test_sweep_finds_where_split_beats_local_and_offload():
+    config = SimConfig(COSTS, fps=1.0, frames=10, delay_ms=DELAY_MS)
+    rows = sweep([0.1, 0.3, 1.0, 3.0, 10.0, 30.0], FIXED_POLICIES, config)
+    [(lo, hi)] = split_wins_ranges(rows, config)
+    # Analytic crossings with wire bytes: split == local and split == offload.
+    split_wire = (COSTS.bytes_split + 40 * 7) * 8
+    jpeg_wire = (COSTS.bytes_jpeg + 40 * 35) * 8
+    lo_exact = split_wire / (300.0 - 40 - 30 - 40) / 1e3
+    hi_exact = (jpeg_wire - split_wire) / ((40 + 30) - (5 + 20)) / 1e3
+    assert lo == pytest.approx(lo_exact, rel=0.01) and hi == pytest.approx(hi_exact, rel=0.01)
+    assert split_wins_ranges(rows) == [(1.0, 3.0)]  # without refinement: the grid points
+
+
+# ------------------------------------------------------------------ CLI
+def _profile(path: Path, model: str = "tiny", costs: ModeCosts = COSTS) -> Path:
+    path.write_text(json.dumps({
+        "model": model, "split_point": "x", "device_slowdown": 1.0, "default_size": "480x640",
+        "sizes": {"480x640": {
+            "ms": {"full": costs.t_full_device_ms, "head": costs.t_head_device_ms, "tail": costs.t_tail_edge_ms,
+                   "jpeg_encode": costs.t_jpeg_encode_ms, "offload_edge": costs.t_full_edge_ms},
+            "bytes": {"split": costs.bytes_split, "jpeg": costs.bytes_jpeg}}},
+    }))
+    return path
+
+
+def _args(tmp_path: Path, *extra: str, traces: tuple[str, ...] = ("const:2", "steps:3@0.3,3@4")) -> list[str]:
+    prof = _profile(tmp_path / "p.json")
+    out = ["simulate", "--model", "tiny", "--device-profile", str(prof), "--edge-profile", str(prof),
+           "--fps", "5", "--frames", "30", "--out", str(tmp_path / "out"), "--sweep-mbps", "0.1,100,6"]
+    for t in traces:
+        out += ["--trace", t]
+    return out + list(extra)
+
+
+def test_cli_writes_the_summary_the_sweep_and_both_plots(tmp_path, capsys):
+    assert splitedge(_args(tmp_path)) == 0
+    out = tmp_path / "out"
+    with open(out / "summary.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["trace", "policy", "frames", "mean_e2e_ms", "p50_e2e_ms", "p95_e2e_ms", "mean_bytes"]
+    assert {(r[0], r[1]) for r in rows[1:]} == {(t, p) for t in ("const:2", "steps:3@0.3,3@4") for p in POLICIES}
+    assert all(r[2] == "30" and float(r[3]) > 0 for r in rows[1:])
+    with open(out / "sweep.csv", newline="") as fh:
+        sweep_rows = list(csv.reader(fh))
+    assert sweep_rows[0][0] == "mbps" and len(sweep_rows) == 1 + 6 * len(POLICIES)
+    for name in ("sweep.png", "cdf.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "run.json").read_text())["split_wins_mbps"]
+    printed = capsys.readouterr()
+    assert "auto/oracle" in printed.out and "split beats local and offload" in printed.out
+    assert "simulate" in printed.err  # the progress bar
+
+
+def test_cli_expands_a_trace_directory_skipping_downlinks_and_non_traces(tmp_path, capsys):
+    traces = tmp_path / "traces"
+    (traces / "cell").mkdir(parents=True)
+    (traces / "cell" / "link.up").write_text("".join(f"{ms}\n" for ms in range(1, 400, 2)))
+    (traces / "cell" / "link.down").write_text("".join(f"{ms}\n" for ms in range(1, 400)))
+    (traces / "bus").write_text("0 1.5\n1 0.8\n2 2.0\n")
+    (traces / "README.md").write_text("# not a trace\n")
+    assert splitedge(_args(tmp_path, "--policies", "auto,oracle", traces=(str(traces),))) == 0
+    with open(tmp_path / "out" / "summary.csv", newline="") as fh:
+        labels = {r["trace"] for r in csv.DictReader(fh)}
+    assert labels == {"link.up", "bus"}
+    assert "skipping" in capsys.readouterr().err
+
+
+def test_cli_on_the_shared_traces(tmp_path):
+    folder = shared_data() / "traces" / "mahimahi"
+    if not folder.is_dir():
+        pytest.skip(f"no shared traces at {folder} (set SPLITEDGE_DATA to the data folder)")
+    assert splitedge(_args(tmp_path, "--policies", "offload,auto,oracle", traces=(str(folder),))) == 0
+    with open(tmp_path / "out" / "summary.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ups = sorted(p.name for p in folder.glob("*.up"))
+    assert sorted({r["trace"] for r in rows}) == ups
+    by = {(r["trace"], r["policy"]): float(r["mean_e2e_ms"]) for r in rows}
+    assert all(by[(t, "oracle")] <= by[(t, "offload")] + 1e-6 for t in ups)
+
+
+@pytest.mark.parametrize("change, message", [
+    (("--device-profile", "/nonexistent/p.json"), "does not exist"),
+    (("--trace", "bogus:1"), "unknown trace kind"),
+    (("--trace", "/nonexistent/trace"), "no such trace file"),
+    (("--model", "other"), "measured for model 'tiny'"),
+    (("--policies", "auto,psychic"), "psychic"),
+    (("--sweep-mbps", "100,0.1,5"), "--sweep-mbps"),
+    (("--fps", "0"), "--fps"),
+    (("--frames", "many"), "invalid int value"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, change, message):
+    args = _args(tmp_path)
+    flag, value = change
+    if flag in args and flag != "--trace":
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    assert splitedge(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("splitedge simulate: error:") and message in err[0]
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_cli_missing_required_flag_is_one_line(tmp_path, capsys):
+    assert splitedge(["simulate", "--trace", "const:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("splitedge simulate: error:") and "--model" in err[0]
+
+
+def test_split_wins_range_is_open_ended_at_the_sweep_edges():
+    config = SimConfig(COSTS, fps=1.0, frames=5)
+    rows = sweep([1.0, 2.0], FIXED_POLICIES, config)
+    assert split_wins_ranges(rows, config) == [(1.0, 2.0)]  # split wins on the whole grid: edges stay
+    assert split_wins_ranges(sweep([20.0, 50.0], FIXED_POLICIES, config), config) == []
+
+
+def test_cli_policy_names_are_the_experiments():
+    from simulators import cli
+
+    assert cli.POLICIES == POLICIES  # repeated in the CLI so that `emulate` starts without torch
+
+
+# ------------------------------------------------------------------ deadlines and the connect-time RTT
+def test_auto_gives_up_on_a_frame_caught_in_an_outage_and_comes_back_when_the_link_does():
+    # 20 Mbit/s (offload ~47 ms best), nothing at all for 3 s, 20 Mbit/s again.
+    config = SimConfig(COSTS, fps=5.0, frames=150, delay_ms=DELAY_MS)
+    trace = load_trace("steps:10@20,3@0,17@20")
+    auto = simulate(trace, "auto", config)
+    assert {r.reason for r in auto} <= REASONS
+    missed = [r for r in auto if r.reason == "deadline"]
+    assert len(missed) == 1  # one frame finds the outage; the next ones are not sent into it
+    [m] = missed
+    assert m.mode == "local" and m.payload_bytes == COSTS.bytes_jpeg  # sent, then served here
+    # Given up at max(2p, p + local) after its start, then the local run: not the 3 s outage.
+    assert m.e2e_ms - m.queue_ms < 2 * 300 + 120
+    # Local while stalled, back on the edge right after the outage: the abandoned frame's result
+    # arrives (at ~13 s) and the next frame probes.
+    back = min(r.start_s for r in auto if r.start_s > m.start_s and r.mode != "local")
+    assert 13.0 <= back <= 13.6
+    assert all(r.mode == "local" for r in auto if m.start_s < r.start_s < 13.0)
+    means = {p: summarize("", p, simulate(trace, p, config)).mean_e2e_ms for p in POLICIES}
+    assert means["auto"] < min(means[p] for p in FIXED_POLICIES)  # offload waits the outage out
+    # What it costs against hindsight is the wait until the deadline, once (at 5 fps a local frame
+    # takes 1.5 intervals, so that delay stays in the queue until the link is back).
+    oracle = simulate(trace, "oracle", config)
+    lag = max(a.done_s - o.done_s for a, o in zip(auto, oracle))
+    assert lag <= m.e2e_ms / 1e3 - m.queue_ms / 1e3 - 0.300 + 0.01
+    assert all(r.reason != "deadline" for p in FIXED_POLICIES for r in simulate(trace, p, config))
+
+
+def test_the_controller_knows_the_rtt_from_pings_before_its_second_frame():
+    from mobile_client.controller import Controller
+
+    seen = []
+
+    class Recording(Controller):
+        def observe_rtt(self, rtt_s, now_s):
+            seen.append((rtt_s, now_s))
+            super().observe_rtt(rtt_s, now_s)
+
+    config = SimConfig(COSTS, fps=5.0, frames=3, delay_ms=DELAY_MS, controller_factory=Recording)
+    records = simulate(load_trace("const:20"), "auto", config)
+    [(rtt, at)] = seen
+    assert rtt == pytest.approx(2 * DELAY_MS / 1e3, rel=0.01)  # a tiny message each way: the propagation RTT
+    assert at == pytest.approx(3 * rtt, rel=0.01) and at < records[1].start_s  # three pings, one after the other
+    assert records[0].reason == "no-estimate"  # the bandwidth still takes one frame to learn

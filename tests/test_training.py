@@ -1,0 +1,186 @@
+"""Distillation: the loss goes down, checkpoints round-trip through `build`, `--resume`
+continues exactly, and a bad recipe file fails with one line naming the key.
+
+Everything runs on a random-init MobileNetV2 at 64 px on a handful of generated images, so
+each test takes seconds on two cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from split.cli import main as split_cli
+from split.recipes import build
+from split.train_config import ConfigError, load_config
+from split.training import Distiller, default_ghnd_stages, fake_quantize, train
+from split.weights import WeightsError
+
+
+def make_images(folder: Path, n: int = 6, size: tuple[int, int] = (72, 96), seed: int = 0) -> Path:
+    """Smooth random RGB images named `NNN_x.png` (label = prefix), like imagenet-samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        low = torch.rand(1, 3, 6, 8, generator=g)
+        img = F.interpolate(low, size=size, mode="bilinear", align_corners=False)[0]
+        arr = (img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{i:03d}_img.png"), arr[:, :, ::-1])
+    return folder
+
+
+def write_config(tmp_path: Path, **over: dict) -> Path:
+    cfg = {
+        "recipe": "mobilenet_v2",
+        "weights": None,
+        "output": str(tmp_path / "ckpt.pt"),
+        "data": {"dir": str(make_images(tmp_path / "images")), "labels": "prefix", "val_fraction": 0.34, "seed": 0},
+        "bottleneck": {"channels": 2, "hidden": 8, "downsample": 0, "kind": "gdn"},
+        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "loss": "hnd", "trainable_head": True,
+                  "freeze_through": "features.3", "augment_repeats": 4, "input_size": 64, "seed": 0},
+    }
+    for section, values in over.items():
+        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
+            cfg[section].update(values)
+        else:
+            cfg[section] = values
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_short_distillation_lowers_the_loss(tmp_path):
+    cfg = load_config(write_config(tmp_path, train={"epochs": 4}))
+    result = train(cfg, progress=False, log=lambda s: None)
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 4 and result.epochs_run == 4
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert "val_rel_mse" in result.history[-1] and "val_top1_agreement" in result.history[-1]
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert {"recipe", "head", "bottleneck", "config", "epoch", "optimizer", "bottleneck_spec"} <= set(ckpt)
+    assert ckpt["epoch"] == 4 and ckpt["bottleneck_spec"] == {"channels": 2, "hidden": 8, "downsample": 0, "kind": "gdn"}
+
+
+def test_checkpoint_round_trips_through_build(tmp_path):
+    cfg = load_config(write_config(tmp_path, train={"epochs": 1}))
+    d = Distiller(cfg, progress=False, log=lambda s: None)
+    d.run()
+    sm, source = build("mobilenet_v2", checkpoint=cfg.output)
+    assert "head, bottleneck" in source
+    assert sm.bottleneck.spec() == d.bottleneck.spec()  # rebuilt from the checkpoint, not the recipe's 3-ch default
+    for k, v in sm.bottleneck.state_dict().items():
+        assert torch.equal(v, d.bottleneck.state_dict()[k]), k
+    for k, v in sm.head.chain.state_dict().items():
+        assert torch.equal(v, d.student.head.chain.state_dict()[k]), k
+    img = torch.rand(3, 80, 100)
+    msg = sm.encode_message(img)
+    assert list(msg.tensor.shape) == [1, 2, 28, 28] and len(msg.tensor.data) == 2 * 28 * 28
+    out = sm.decode(msg.SerializeToString())
+    assert out["logits"].shape == (1000,)
+    # the student's forward (fake quantization) and the wire path (uint8 codec) agree
+    with torch.no_grad():
+        x = sm.adapter.preprocess(img).tensor
+        ref = d.student_forward({"input": d.head_blocks[3](d.head_blocks[2](d.head_blocks[1](d.head_blocks[0](x))))},
+                                quantize=True)
+        tail_in = ref["features.6"]
+    with torch.inference_mode():
+        z = sm.head(x)[0]
+        wire = sm.bottleneck.decode(sm.codec.decode(sm.codec.encode(z)), (28, 28))
+    torch.testing.assert_close(wire, tail_in, rtol=1e-3, atol=1e-3 * float(tail_in.abs().max()))
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    whole_head = {"freeze_through": None}  # the cache then holds the augmented images themselves
+    straight = load_config(write_config(tmp_path / "a", train={"epochs": 2, **whole_head}))
+    train(straight, progress=False, log=lambda s: None)
+    first = load_config(write_config(tmp_path / "b", train={"epochs": 1, **whole_head}))
+    train(first, progress=False, log=lambda s: None)
+    assert torch.load(first.output, weights_only=True)["epoch"] == 1
+    more = load_config(write_config(tmp_path / "b", train={"epochs": 2, **whole_head}))
+    resumed = train(more, resume=True, progress=False, log=lambda s: None)
+    assert resumed.epochs_run == 1 and [h["epoch"] for h in resumed.history] == [1, 2]
+    a = torch.load(straight.output, weights_only=True)
+    b = torch.load(more.output, weights_only=True)
+    assert b["epoch"] == 2
+    for k, v in a["bottleneck"].items():  # deterministic: resuming equals never stopping
+        torch.testing.assert_close(b["bottleneck"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    done = train(more, resume=True, progress=False, log=lambda s: None)
+    assert done.epochs_run == 0
+    changed = load_config(write_config(tmp_path / "b", bottleneck={"channels": 3}, train={"epochs": 3, **whole_head}))
+    with pytest.raises(WeightsError, match="cannot resume .* its bottleneck"):
+        train(changed, resume=True, progress=False, log=lambda s: None)
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path, capsys):
+    path = write_config(tmp_path, train={"epoch": 3})
+    with pytest.raises(ConfigError, match=r"distill\.yaml: unknown key 'epoch' in section 'train'; known: epochs"):
+        load_config(path)
+    assert split_cli("train", ["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown key 'epoch'" in err[0] and str(path) in err[0]
+    top = write_config(tmp_path, colour="blue")
+    with pytest.raises(ConfigError, match="unknown key 'colour' in the top level"):
+        load_config(top)
+    typed = write_config(tmp_path, train={"lr": "fast"})
+    with pytest.raises(ConfigError, match="train.lr must be a number"):
+        load_config(typed)
+    stage = write_config(tmp_path, train={"loss": "ghnd", "ghnd_stages": ["features.2"]})
+    with pytest.raises(ConfigError, match="ghnd_stages entry 'features.2'.*valid: features.6"):
+        Distiller(load_config(stage), progress=False, log=lambda s: None)
+
+
+def test_ghnd_with_kd_uses_a_disk_cache_once(tmp_path):
+    cache = tmp_path / "cache"
+    path = write_config(tmp_path, train={"epochs": 1, "loss": "ghnd", "kd_weight": 1.0, "cache_dir": str(cache),
+                                         "trainable_head": False, "freeze_through": None},
+                        bottleneck={"kind": "conv"})
+    cfg = load_config(path)
+    logs: list[str] = []
+    result = train(cfg, progress=False, log=logs.append)
+    assert "features.6" in logs[-2] and "KL" in "\n".join(logs)
+    assert {"features.6", "kl"} <= set(result.history[0])
+    metas = sorted(cache.rglob("meta.json"))
+    assert len(metas) == 2  # train and val parts
+    stamp = [m.stat().st_mtime_ns for m in metas]
+    cfg.train.epochs = 2
+    train(cfg, resume=True, progress=False, log=lambda s: None)
+    assert [m.stat().st_mtime_ns for m in metas] == stamp  # reused, not rebuilt
+    assert "head" not in torch.load(cfg.output, weights_only=True)  # frozen head: nothing to ship
+
+
+def test_default_ghnd_stages_follow_resolution_levels():
+    import torchvision
+
+    from split.adapters import adapter_for
+    from split.training import _shapes
+
+    model = torchvision.models.resnet18(weights=None).eval()
+    adapter = adapter_for(model)
+    stages = adapter.stages()
+    names = [s.name for s in stages]
+    shapes = _shapes(stages, 64, adapter)
+    assert default_ghnd_stages(stages, names.index("layer1"), shapes) == ["layer1", "layer2", "layer3", "layer4"]
+
+
+def test_fake_quantize_matches_the_uint8_codec():
+    from bottlenecks import Uint8Codec
+
+    z = torch.randn(1, 3, 9, 9) * 4 + 1
+    codec = Uint8Codec()
+    torch.testing.assert_close(fake_quantize(z), codec.decode(codec.encode(z)), rtol=0, atol=1e-5)
+    z.requires_grad_(True)
+    fake_quantize(z).sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))  # straight-through
+
+
+def test_bad_bottleneck_spec_in_a_checkpoint_is_a_weights_error(tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save({"recipe": "mobilenet_v2", "bottleneck": {}, "bottleneck_spec": {"channels": 2, "colour": 1}}, path)
+    with pytest.raises(WeightsError, match="unknown key 'colour'"):
+        build("mobilenet_v2", checkpoint=path)
