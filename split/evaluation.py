@@ -311,7 +311,7 @@ def plot(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
             label=f"split at {result['split']['split_point']} (8-bit bottleneck)")
     for b, a, spec in pts:
         if a is not None and spec:
-            ax.annotate(f"C={spec['channels']}" + (f"/{2 ** spec['downsample']}" if spec.get("downsample") else ""),
+            ax.annotate(f"{spec['channels']} ch" + (f", 1/{2 ** spec['downsample']} res" if spec.get("downsample") else ""),
                         (b, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("payload bytes per frame (median)")

@@ -14,7 +14,7 @@ recipe: mobilenet_v2          # a name from `splitedge models`
 weights: IMAGENET1K_V1        # torchvision weights enum of the teacher (null: random init)
 output: checkpoints/x.pt      # where the checkpoint goes (written after every epoch)
 data:   {dir: ..., labels: prefix|FILE.csv|null, val_fraction: 0.2, seed: 0}
-bottleneck: {channels: 8, hidden: 64, downsample: 0, kind: gdn}
+bottleneck: {channels: 128, hidden: 64, downsample: 2, kind: block}   # kind: conv | gdn | block
 train:
   epochs: 10
   batch_size: 32
@@ -29,6 +29,7 @@ train:
   augment_repeats: 8          # augmented samples per training image (cached once)
   input_size: 224             # training crop size (null: the model's own input size)
   quantize: true              # simulate the 8-bit codec in training (straight-through)
+  pca_init: false             # "block" bottlenecks: start from the teacher features' block PCA
   seed: 0
   cache_dir: ~/.cache/splitedge/distill   # null: keep the teacher cache in memory only
   threads: null               # torch threads (null: torch's default)
@@ -83,6 +84,7 @@ class TrainConfig:
     augment_repeats: int = 4
     input_size: int | None = None
     quantize: bool = True
+    pca_init: bool = False
     seed: int = 0
     cache_dir: str | None = None
     threads: int | None = None
@@ -174,8 +176,10 @@ def _validate(cfg: DistillConfig, file: str) -> None:
     b, t = cfg.bottleneck, cfg.train
     if b.channels < 1 or b.hidden < 2 or b.downsample < 0:
         raise bad("bottleneck", f"needs channels >= 1, hidden >= 2, downsample >= 0; got {dataclasses.asdict(b)}")
-    if b.kind not in ("conv", "gdn"):
-        raise bad("bottleneck.kind", f"must be conv or gdn, got {b.kind!r}")
+    if b.kind not in ("conv", "gdn", "block"):
+        raise bad("bottleneck.kind", f"must be conv, gdn or block, got {b.kind!r}")
+    if cfg.train.pca_init and b.kind != "block":
+        raise bad("train.pca_init", f"needs bottleneck.kind block, got {b.kind!r}")
     if t.epochs < 1 or t.batch_size < 1 or t.augment_repeats < 1:
         raise bad("train", "needs epochs, batch_size and augment_repeats >= 1")
     if t.lr <= 0 or t.gamma <= 0:

@@ -425,6 +425,19 @@ class Distiller:
                 out["val_top1"] = correct / total
         return out
 
+    def _pca_init(self, cache: _Cache, max_samples: int = 2048) -> None:
+        """Start a "block" bottleneck from the block PCA of the teacher's split-point features."""
+        split_name = self.plan.names[self.plan.k]
+        if split_name not in cache.arrays:
+            raise ConfigError(f"{self.cfg.source}: train.pca_init needs the split point {split_name!r} among the "
+                              "loss stages (train.ghnd_stages)")
+        step = max(1, cache.n // max_samples)
+        feats = torch.from_numpy(np.ascontiguousarray(cache.arrays[split_name][::step])).float()
+        kept = self.bottleneck.pca_init(feats)
+        self.log(f"pca_init: {self.bottleneck.channels} components of {split_name}'s "
+                 f"{2 ** self.bottleneck.downsample}x{2 ** self.bottleneck.downsample} blocks keep "
+                 f"{100 * kept:.1f} % of the variance ({len(feats)} samples)")
+
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
         ckpt: dict[str, Any] = {
@@ -488,6 +501,10 @@ class Distiller:
         began = time.monotonic()
         train_cache, val_cache = self._caches()
         cache_s = time.monotonic() - began
+        if start == 0 and t.pca_init:
+            self._pca_init(train_cache)
+        if start == 0 and val_cache is not None:
+            self.log("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in self.validate(val_cache).items()))
         self.log(f"distilling {self.cfg.recipe} at {self.student.at} ({self.weights_source}); bottleneck "
                  f"{self.bottleneck.spec()}; loss {t.loss} on {', '.join(self.plan.loss_stages)}"
                  + (f" + {t.kd_weight} x KL" if self.plan.kd else "")

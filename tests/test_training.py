@@ -135,15 +135,17 @@ def test_unknown_config_key_is_one_clear_error(tmp_path, capsys):
         Distiller(load_config(stage), progress=False, log=lambda s: None)
 
 
-def test_ghnd_with_kd_uses_a_disk_cache_once(tmp_path):
+def test_ghnd_with_kd_and_pca_init_uses_a_disk_cache_once(tmp_path):
     cache = tmp_path / "cache"
     path = write_config(tmp_path, train={"epochs": 1, "loss": "ghnd", "kd_weight": 1.0, "cache_dir": str(cache),
-                                         "trainable_head": False, "freeze_through": None},
-                        bottleneck={"kind": "conv"})
+                                         "trainable_head": False, "freeze_through": None, "pca_init": True},
+                        bottleneck={"kind": "block", "channels": 16, "downsample": 1})
     cfg = load_config(path)
     logs: list[str] = []
     result = train(cfg, progress=False, log=logs.append)
-    assert "features.6" in logs[-2] and "KL" in "\n".join(logs)
+    text = "\n".join(logs)
+    assert "pca_init: 16 components of features.6's 2x2 blocks" in text and "before training: val_rel_mse" in text
+    assert "loss ghnd on features.6, features.13, features.18 + 1.0 x KL" in text  # default GHND stages
     assert {"features.6", "kl"} <= set(result.history[0])
     metas = sorted(cache.rglob("meta.json"))
     assert len(metas) == 2  # train and val parts
@@ -177,6 +179,22 @@ def test_fake_quantize_matches_the_uint8_codec():
     z.requires_grad_(True)
     fake_quantize(z).sum().backward()
     assert torch.equal(z.grad, torch.ones_like(z))  # straight-through
+
+
+def test_block_bottleneck_pca_init_is_exact_at_full_rank():
+    from bottlenecks import Bottleneck
+
+    feats = torch.randn(8, 4, 12, 10) + torch.arange(4.0).view(1, 4, 1, 1)
+    full = Bottleneck(4, 16, hidden=4, downsample=1, kind="block")
+    assert full.pca_init(feats) == pytest.approx(1.0)
+    torch.testing.assert_close(full(feats), feats, rtol=1e-4, atol=1e-4)  # refinements start as identity
+    small = Bottleneck(4, 3, hidden=4, downsample=1, kind="block")
+    assert 0.0 < small.pca_init(feats) < 1.0
+    odd = torch.randn(1, 4, 7, 9)
+    z = small.encode(odd)
+    assert z.shape == (1, 3, 4, 5) and small.decode(z, (7, 9)).shape == (1, 4, 7, 9)  # ceil, then cropped back
+    with pytest.raises(ValueError, match="needs a 'block' bottleneck"):
+        Bottleneck(4, 3, kind="gdn").pca_init(feats)
 
 
 def test_bad_bottleneck_spec_in_a_checkpoint_is_a_weights_error(tmp_path):
