@@ -252,13 +252,11 @@ class Distiller:
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU convolutions many-fold
-        teacher_sm, self.weights_source = build(cfg.recipe, weights=cfg.weights)
-        self.model = teacher_sm.model.eval()
-        recipe_sm = teacher_sm
-        in_channels = recipe_sm.split_channels
+        recipe_sm, self.weights_source = build(cfg.recipe, weights=cfg.weights)  # the recipe's split, codec, name
+        self.model = recipe_sm.model.eval()  # the teacher: the original network, frozen below
         torch.manual_seed(t.seed)
         b = cfg.bottleneck
-        self.bottleneck = Bottleneck(in_channels, b.channels, b.hidden, b.downsample, b.kind)
+        self.bottleneck = Bottleneck(recipe_sm.split_channels, b.channels, b.hidden, b.downsample, b.kind)
         self.student = SplitModel(self.model, recipe_sm.at, self.bottleneck, codec=recipe_sm.codec,
                                   name=recipe_sm.name, own_head=t.trainable_head)
         self.model.requires_grad_(False)
@@ -309,6 +307,8 @@ class Distiller:
 
     def _cache_key(self, part: str, files: list[Path], n: int) -> str:
         t, p = self.cfg.train, self.plan
+        # "v" versions what is not in the config (DistillAugment's settings, the stored dtypes):
+        # bump it when those change, or a stale cache would be reused.
         ident = {"part": part, "recipe": self.cfg.recipe, "weights": self.cfg.weights, "size": self.size,
                  "files": [f"{f.name}:{f.stat().st_size}" for f in files], "n": n, "seed": t.seed,
                  "frozen": p.frozen, "stages": p.loss_stages, "run_to": p.run_to, "v": 1}
