@@ -7,6 +7,7 @@ import sys
 
 from tqdm import tqdm
 
+from split.labels import label_names
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
 
@@ -45,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds of silence from the server before it is presumed gone (then local, and reconnect with backoff)")
     p.add_argument("--device-slowdown", type=float, default=1.0, metavar="K",
                    help="stand for a K times slower device: wait K-1 times each measured compute")
+    p.add_argument("--hedge", action=argparse.BooleanOptionalAction, default=True,
+                   help="auto mode: while a remote frame's result is awaited, run the frame on the device too and "
+                        "take whichever finishes first (default: on)")
     return p
 
 
@@ -76,7 +80,8 @@ def main(command: str, argv: list[str]) -> int:
             costs, frames = _auto_costs(model, args, frames)
         except ValueError as exc:
             return _fail(str(exc))
-        controller = Controller(costs, modes=MODES, hysteresis=args.hysteresis, probe_interval_s=args.probe_interval)
+        controller = Controller(costs, modes=MODES, hysteresis=args.hysteresis, probe_interval_s=args.probe_interval,
+                                hedge=args.hedge)
     else:
         controller = Controller(ModeCosts(0, 0, 0, 0, 0, 0, 0), modes=(args.mode,))
     client = EdgeClient(args.server) if args.mode != "local" else None
@@ -87,7 +92,8 @@ def main(command: str, argv: list[str]) -> int:
     if client is not None:
         runtime.connect()
     writer = JsonlWriter(args.out)
-    annotated = AnnotatedWriter(args.save_annotated) if args.save_annotated else None
+    annotated = (AnnotatedWriter(args.save_annotated, names=label_names(model.family, model.classes))
+                 if args.save_annotated else None)
     records = []
     shown = 0
     try:

@@ -8,7 +8,9 @@ for a result can time out. Two kinds of waiting end differently:
   right now, not that the server is gone, so the stream stays up: the frame is remembered,
   and its result, if it still comes, is kept for :meth:`EdgeClient.take_late` (the runtime
   tells the controller, whose stall then ends sooner) instead of being mistaken for the next
-  frame's.
+  frame's. A *hedged* frame (the device runs it locally meanwhile) is sent with
+  :meth:`EdgeClient.send` and polled with :meth:`EdgeClient.wait` between local stages; if the
+  local run wins, its result takes the same late path.
 * **The server stopped answering**: nothing at all has come back for ``timeout_s`` since the
   oldest frame still waiting for its result was sent (or since the last result, if later).
   Then the stream is dropped and :class:`EdgeUnavailable` raised, and the runtime goes local
@@ -118,15 +120,10 @@ class EdgeClient:
         threading.Thread(target=read, name="splitedge-results", daemon=True).start()
         self._requests, self._results, self._call = requests, results, call
 
-    def infer(self, frame: pb.Frame, timeout_s: float = 30.0,
-              deadline_s: float | None = None) -> tuple[pb.Result, float]:
-        """Send one frame and wait for its result; returns it and the send-to-result seconds.
+    def send(self, frame: pb.Frame) -> float:
+        """Put one frame on the stream without waiting; returns when it was sent (perf_counter).
 
-        ``deadline_s``: give up on this frame that many seconds after sending
-        it, raising :class:`DeadlineExceeded` with the stream left up.
-        ``timeout_s``: how long the server may stay silent before it is
-        presumed gone (:class:`EdgeUnavailable`, stream dropped); see the
-        module docstring.
+        Its result is then collected with :meth:`wait` (or, once given up on, :meth:`take_late`).
         """
         if self._stub is None:
             raise EdgeUnavailable(f"{self.target}: not connected")
@@ -138,28 +135,57 @@ class EdgeClient:
         t0 = time.perf_counter()
         self._pending[frame.frame_id] = t0
         self._requests.put(frame)
-        give_up = t0 + deadline_s if deadline_s is not None else math.inf
+        return t0
+
+    def wait(self, frame_id: int, sent_at: float, timeout_s: float = 30.0,
+             until: float = math.inf) -> tuple[pb.Result, float] | None:
+        """The result of a frame :meth:`send` sent at ``sent_at``, and the seconds since; ``None`` if not
+        there by ``until`` (a perf_counter time; ``0`` only looks). The frame stays pending either way, so a
+        result that comes after the caller stopped waiting for it goes to :meth:`take_late`.
+
+        Raises :class:`EdgeUnavailable` (stream dropped) when the server has been silent ``timeout_s``
+        (see the module docstring).
+        """
+        if self._results is None:
+            raise EdgeUnavailable(f"{self.target}: no stream")
         while True:
-            silent_since = max(self._last_heard, min(self._pending.values(), default=t0))
+            silent_since = max(self._last_heard, min(self._pending.values(), default=sent_at))
             dead_at = silent_since + timeout_s
             try:
-                item, at = self._results.get(timeout=max(0.0, min(give_up, dead_at) - time.perf_counter()))
+                item, at = self._results.get(timeout=max(0.0, min(until, dead_at) - time.perf_counter()))
             except queue.Empty:
-                if dead_at <= give_up:
+                if dead_at <= until:
                     self._drop_stream()
-                    raise EdgeUnavailable(f"{self.target}: no result for frame {frame.frame_id} "
+                    raise EdgeUnavailable(f"{self.target}: no result for frame {frame_id} "
                                           f"and nothing else in {timeout_s:g} s") from None
-                raise DeadlineExceeded(f"{self.target}: no result for frame {frame.frame_id} "
-                                       f"within its deadline of {deadline_s:.3f} s", time.perf_counter() - t0) from None
+                return None
             if isinstance(item, EdgeUnavailable):
                 self._drop_stream()
                 raise item
             self._last_heard = at
             sent = self._pending.pop(item.frame_id, None)
-            if item.frame_id == frame.frame_id:
-                return item, at - t0
+            if item.frame_id == frame_id:
+                return item, at - sent_at
             if sent is not None:  # a frame given up on earlier: its result came late
                 self._late.append(LateResult(item.frame_id, item, at - sent, at))
+
+    def infer(self, frame: pb.Frame, timeout_s: float = 30.0,
+              deadline_s: float | None = None) -> tuple[pb.Result, float]:
+        """Send one frame and wait for its result; returns it and the send-to-result seconds.
+
+        ``deadline_s``: give up on this frame that many seconds after sending
+        it, raising :class:`DeadlineExceeded` with the stream left up.
+        ``timeout_s``: how long the server may stay silent before it is
+        presumed gone (:class:`EdgeUnavailable`, stream dropped); see the
+        module docstring.
+        """
+        t0 = self.send(frame)
+        give_up = t0 + deadline_s if deadline_s is not None else math.inf
+        got = self.wait(frame.frame_id, t0, timeout_s, give_up)
+        if got is None:
+            raise DeadlineExceeded(f"{self.target}: no result for frame {frame.frame_id} "
+                                   f"within its deadline of {deadline_s:.3f} s", time.perf_counter() - t0)
+        return got
 
     def take_late(self) -> list[LateResult]:
         """Results of frames given up on (deadline passed) that have arrived since the last call, oldest first.

@@ -15,11 +15,31 @@ When it connects, the runtime times ``rtt_pings`` `Describe` calls and gives the
 controller as an RTT (:meth:`~mobile_client.controller.Controller.observe_rtt`), so it knows the
 round trip before the first frame. The trace-driven simulator (``simulators/experiment.py``)
 does the same, step for step.
+
+**Hedged frames** (``Decision.hedge``, the controller's default wherever local may serve a
+frame): once the payload is sent, the otherwise idle device goes on with the frame itself —
+for split, the original model from the split point's features *before* the bottleneck (the
+head computed them anyway; a forward hook on the head's stage chain keeps them), for offload
+the whole model — as a chain of stages, looking for the edge's result between stages. The
+first to finish serves the frame: a result that comes first cancels the local run at the next
+stage boundary (with an emulated device slowdown, the emulated part of a stage is a wait that
+the result ends at once); a local run that finishes first serves the frame (record: ``mode``
+local, ``reason`` "hedge", ``fallback``), the controller is told
+:meth:`~mobile_client.controller.Controller.missed`, and the remote result, when it comes, is
+reported late like a missed deadline's. So a hedged frame never takes much longer than its head
+plus a local run, whatever the link does; the deadline is then moot (the local run is done
+before it). A server that drops out during the race does not stop the local run: it serves the
+frame. Where the split head is a distilled copy (not the original model's modules), its
+features do not fit the original model's later stages, and split frames are continued from the
+image with the whole model instead. The local run's extra CPU time and energy are not counted
+anywhere (not in the records, not by the controller).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,7 +48,7 @@ import torch
 
 from protos import splitedge_pb2 as pb
 from split import SplitModel
-from split.adapters import Outputs
+from split.adapters import ImageBatch, Outputs, Stage
 
 from mobile_client.controller import Controller
 from mobile_client.edge_client import DeadlineExceeded, EdgeClient, EdgeUnavailable
@@ -72,6 +92,8 @@ class DeviceRuntime:
         self._t0 = time.perf_counter()
         self.warnings: list[str] = []
         self._abandoned: dict[int, tuple[str, int]] = {}  # frame id -> (mode, payload bytes) of frames given up on
+        self._stages: list[Stage] | None = None  # the original model as a stage chain (hedged local runs)
+        self._resumable = False  # whether the split head is made of those stages' own modules
 
     def _now(self) -> float:
         return time.perf_counter() - self._t0
@@ -156,7 +178,7 @@ class DeviceRuntime:
         elif decision.mode == "local":
             self._run_local(image, record, now)
         else:
-            self._run_remote(decision.mode, frame, image, record, now, decision.deadline_s)
+            self._run_remote(decision.mode, frame, image, record, now, decision.deadline_s, decision.hedge)
         record["e2e_ms"] = round((time.perf_counter() - start) * 1e3, 3)
         return record
 
@@ -167,9 +189,17 @@ class DeviceRuntime:
                       detections=_local_detections(out, self.model.family, self.options.min_score))
 
     def _run_remote(self, mode: str, frame: Frame, image: torch.Tensor, record: dict[str, Any], now: float,
-                    deadline_s: float | None = None) -> None:
+                    deadline_s: float | None = None, hedge: bool = False) -> None:
+        features: list[torch.Tensor] = []
         if mode == "split":
-            payload, head_ms = self._compute(self.model.encode_message, image)
+            hook = None
+            if hedge and self._original_stages() and self._resumable:  # keep the features before the bottleneck
+                hook = self.model.head.chain.register_forward_hook(lambda _m, _i, out: features.append(out))
+            try:
+                payload, head_ms = self._compute(self.model.encode_message, image)
+            finally:
+                if hook is not None:
+                    hook.remove()
         else:
             payload, head_ms = self._compute(self.model.encode_image, image, self.options.jpeg_quality)
         record["head_ms"] = round(head_ms, 3)
@@ -177,6 +207,9 @@ class DeviceRuntime:
             record["filtered"] = True
             return
         record["payload_bytes"] = payload.ByteSize()
+        if hedge:
+            self._run_hedged(mode, frame, image, payload, features[-1] if features else None, record, now, head_ms)
+            return
         # The deadline is on the controller's clock, from the frame's start: what is left of it after the head.
         wait_s = None if deadline_s is None else max(0.0, deadline_s - self._now())
         try:
@@ -192,12 +225,7 @@ class DeviceRuntime:
             record["head_ms"] = round(record["head_ms"] + head_ms, 3)
             return
         except (EdgeUnavailable, ValueError) as exc:
-            if isinstance(exc, EdgeUnavailable):
-                self.client.close()
-                self.controller.server_failed(self._now())
-            record.update(fallback=True, error=str(exc))
-            self._run_local(image, record, now)
-            record["head_ms"] = round(record["head_ms"] + head_ms, 3)
+            self._fall_back(exc, image, record, now, head_ms)
             return
         server_s = (result.server_ms + result.queue_ms) / 1e3
         self._report_late()  # late results that arrived while waiting came first
@@ -207,6 +235,115 @@ class DeviceRuntime:
             record["error"] = f"{_code_name(result.code)}: {result.error}"
             return
         record["detections"] = _remote_detections(result, self.model.family, self.options.min_score)
+
+    # -------------------------------------------------------------- hedged frames
+    def _original_stages(self) -> list[Stage]:
+        """The original model's stage chain (once), and whether the split head shares its modules."""
+        if self._stages is None:
+            self._stages = self.model.adapter.stages()
+            k = next((i for i, st in enumerate(self._stages) if st.name == self.model.at), None)
+            head = list(self.model.head.chain.blocks)
+            self._resumable = k is not None and len(head) == k + 1 and all(
+                a is st.module for a, st in zip(head, self._stages[: k + 1]))
+        return self._stages
+
+    def _local_steps(self, image: torch.Tensor, payload: pb.Payload,
+                     features: torch.Tensor | None) -> Iterator[None]:
+        """The original model on this frame as a chain of stages, yielding between them; returns its outputs.
+
+        With the split point's features (before the bottleneck), it starts right after the split point,
+        with the image sizes the payload carries; without, from the image.
+        """
+        stages = self._original_stages()
+        adapter = self.model.adapter
+        taps: OrderedDict[str, torch.Tensor] = OrderedDict()
+        with torch.inference_mode():
+            if features is not None:
+                k = next(i for i, st in enumerate(stages) if st.name == self.model.at)
+                batch = (int(payload.batch_size.height), int(payload.batch_size.width))
+                sizes = ImageBatch(torch.empty(0, 3, *batch),
+                                   (int(payload.image_size.height), int(payload.image_size.width)),
+                                   (int(payload.original_size.height), int(payload.original_size.width)))
+                x = features
+                if stages[k].tap is not None:
+                    taps[stages[k].tap] = x
+                rest = stages[k + 1:]
+            else:
+                sizes = adapter.preprocess(image)
+                x, rest = sizes.tensor, stages
+                yield
+            for st in rest:
+                x = st.module(x)
+                if st.tap is not None:
+                    taps[st.tap] = st.tap_fn(x) if st.tap_fn is not None else x
+                yield
+            return adapter.finish(taps, x, sizes)
+
+    def _fall_back(self, exc: Exception, image: torch.Tensor, record: dict[str, Any], now: float,
+                   head_ms: float) -> None:
+        """The edge failed this frame (unreachable, or the payload was refused): run it here."""
+        if isinstance(exc, EdgeUnavailable):
+            self.client.close()
+            self.controller.server_failed(self._now())
+        record.update(fallback=True, error=str(exc))
+        self._run_local(image, record, now)
+        record["head_ms"] = round(record["head_ms"] + head_ms, 3)
+
+    def _run_hedged(self, mode: str, frame: Frame, image: torch.Tensor, payload: pb.Payload,
+                    features: torch.Tensor | None, record: dict[str, Any], now: float, head_ms: float) -> None:
+        """Send the payload, run the frame locally meanwhile, serve it from whichever finishes first."""
+        nbytes = record["payload_bytes"]
+        try:
+            sent = self.client.send(pb.Frame(frame_id=frame.index, payload=payload))
+        except (EdgeUnavailable, ValueError) as exc:
+            self._fall_back(exc, image, record, now, head_ms)
+            return
+        steps = self._local_steps(image, payload, features)
+        slow = max(self.options.device_slowdown, 1.0) - 1.0
+        got, out, local_ms, lost_server = None, None, 0.0, None
+        while True:
+            t = time.perf_counter()
+            try:
+                next(steps)
+            except StopIteration as stop:
+                out = stop.value
+            ms = (time.perf_counter() - t) * 1e3
+            local_ms += ms * (1.0 + slow)
+            until = time.perf_counter() + ms * slow / 1e3  # the rest of this stage on the emulated device
+            if lost_server is None:
+                try:
+                    got = self.client.wait(frame.index, sent, self.options.timeout_s, until)
+                except EdgeUnavailable as exc:  # the local run goes on and serves the frame
+                    lost_server = exc
+                    self.client.close()
+                    self.controller.server_failed(self._now())
+            if got is None and (lost_server is not None or out is not None):
+                time.sleep(max(0.0, until - time.perf_counter()))
+            if got is not None or out is not None:
+                break
+        steps.close()
+        if got is not None:  # the edge won: the local run is dropped at this stage boundary
+            result, seconds = got
+            server_s = (result.server_ms + result.queue_ms) / 1e3
+            self._report_late()  # late results that arrived while waiting came first
+            self.controller.observe(mode, nbytes, seconds, server_s, self._now())
+            record.update(network_ms=round(max(seconds - server_s, 0.0) * 1e3, 3), server_ms=round(result.server_ms, 3))
+            if result.code != 0:
+                record["error"] = f"{_code_name(result.code)}: {result.error}"
+                return
+            record["detections"] = _remote_detections(result, self.model.family, self.options.min_score)
+            return
+        waited = time.perf_counter() - sent
+        record.update(mode="local", fallback=True, head_ms=round(head_ms + local_ms, 3),
+                      detections=_local_detections(out, self.model.family, self.options.min_score))
+        if lost_server is not None:
+            record["error"] = str(lost_server)
+            return
+        # The local run won: like a missed deadline, the stream stays up and the result is reported late.
+        self._report_late()
+        self._abandoned[frame.index] = (mode, nbytes)
+        self.controller.missed(mode, nbytes, waited, self._now())
+        record.update(reason="hedge", network_ms=round(waited * 1e3, 3))
 
 
 def _code_name(code: int) -> str:

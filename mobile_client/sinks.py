@@ -31,10 +31,11 @@ class JsonlWriter:
 class AnnotatedWriter:
     """Draws boxes above `min_score` on the frame and saves it as JPEG, one file per frame."""
 
-    def __init__(self, folder: str | Path, min_score: float = 0.3) -> None:
+    def __init__(self, folder: str | Path, min_score: float = 0.3, names: dict[int, str] | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.min_score = min_score
+        self.names = names or {}  # label -> class name drawn on the box; the bare label when missing
 
     def write(self, rgb: np.ndarray, record: dict[str, Any]) -> Path:
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
@@ -43,7 +44,8 @@ class AnnotatedWriter:
                 continue
             x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
             cv2.rectangle(bgr, (x1, y1), (x2, y2), (0, 200, 0), 2)
-            cv2.putText(bgr, f"{det['label']}:{det['score']:.2f}", (x1, max(y1 - 4, 10)),
+            name = self.names.get(det["label"], det["label"])
+            cv2.putText(bgr, f"{name} {det['score']:.2f}", (x1, max(y1 - 4, 10)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 200, 0), 1, cv2.LINE_AA)
         label = f"{record['mode']} e2e {record['e2e_ms']:.0f} ms {record['payload_bytes']} B"
         cv2.putText(bgr, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 255), 1, cv2.LINE_AA)

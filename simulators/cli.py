@@ -108,6 +108,9 @@ def _simulate(argv: list[str]) -> int:
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="mean exponential jitter per direction (default 0)")
     parser.add_argument("--loss", default=None, metavar="SPEC", help="bernoulli:P or ge:P_GB,P_BG[,LG,LB] (default none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the jitter/loss streams (default 0)")
+    parser.add_argument("--hedge", action=argparse.BooleanOptionalAction, default=True,
+                        help="auto: run each remote frame locally too while its result is awaited and take whichever "
+                             "finishes first (default: on; the fixed policies and the oracle never hedge)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -123,7 +126,7 @@ def _simulate(argv: list[str]) -> int:
 
 def _simulate_setup(args: argparse.Namespace):
     """Validate and load everything (profiles, traces, options); ValueError with a one-line message otherwise."""
-    from mobile_client.controller import scaled
+    from mobile_client.controller import Controller, scaled
     from mobile_client.profiles import costs_from_profiles, read_profile
 
     from .experiment import SimConfig
@@ -164,7 +167,8 @@ def _simulate_setup(args: argparse.Namespace):
     traces = _expand_traces(args.trace, load_trace)
     down = load_trace(args.down_trace) if args.down_trace else None
     config = SimConfig(costs, fps=args.fps, frames=args.frames, delay_ms=args.delay_ms, down_trace=down,
-                       jitter_ms=args.jitter_ms, loss=args.loss, seed=args.seed)
+                       jitter_ms=args.jitter_ms, loss=args.loss, seed=args.seed,
+                       controller_factory=None if args.hedge else (lambda c: Controller(c, hedge=False)))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -268,6 +272,7 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
         "command": "splitedge simulate " + " ".join(shlex.quote(a) for a in args.argv),
         "costs_ms_bytes": dataclasses.asdict(config.costs),
         "split_wins_mbps": [[lo, hi] for lo, hi in wins],
+        "auto_hedged": bool(args.hedge),
         "elapsed_s": round(elapsed, 2),
     }, indent=1) + "\n")
 

@@ -56,8 +56,27 @@ Model, and why each choice was made:
   would have arrived, the controller is told
   :meth:`~mobile_client.controller.Controller.observe_late` (before the
   next decision or observation after that time, with that arrival time, as
-  the runtime's reader thread timestamps it).  The fixed policies and the
-  oracle have no deadline: they are the yardsticks.  ``oracle`` knows the future
+  the runtime's reader thread timestamps it).  **Hedging** (the
+  controller's default, ``Decision.hedge``; see the controller's module
+  docstring): once a remote frame's payload is sent, the device runs the
+  frame's local continuation, which finishes at ``sent +``
+  :func:`~mobile_client.controller.hedge_local_ms` (for split the original
+  model from the split point's pre-bottleneck features,
+  ``ModeCosts.t_resume_device_ms``, which ``splitedge profile`` does not
+  measure on its own: :func:`mobile_client.profiles.costs_from_profiles`
+  prices it as ``full - (full - tail)``, the head without its bottleneck
+  approximated by ``full - tail``; for offload the whole model).  The
+  frame is done at the earlier of that and the remote result; if the local
+  run wins, the record is ``local`` with reason ``"hedge"`` (device time
+  head + continuation, network time the payload's time in flight until
+  then), the controller is told ``missed`` at that moment and the result
+  is reported late as above; the payload still occupies the uplink.  If
+  the result wins, the local run is dropped at once (live: at the next
+  stage boundary, at most one stage later, which is not modelled).  The
+  deadline is moot for a hedged frame (the local run always ends first).
+  The speculative run's CPU time and energy are not modelled.  The fixed
+  policies and the oracle have no deadline and never hedge: they are the
+  yardsticks.  ``oracle`` knows the future
   channel: for every frame it :meth:`Link.peek`\\ s each mode's actual
   completion time and commits the earliest.  Because the device waits for
   each result, the uplink is idle again when the next frame starts, so the
@@ -79,7 +98,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from mobile_client.controller import Controller, ModeCosts
+from mobile_client.controller import Controller, ModeCosts, hedge_local_ms
 
 from .links import HEADER_BYTES, Link
 from .traces import ConstantTrace, Trace
@@ -252,7 +271,7 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
     for i in range(config.frames):
         arrival = i * interval
         start = arrival if arrival > free_at else free_at
-        deadline = None
+        deadline, hedge = None, False
         if policy == "oracle":
             # Earliest completion in hindsight; ties go to the mode that sends fewer bytes.
             mode = min(FIXED_POLICIES, key=lambda m: (run(m, start, commit=False)[0], table[m][1]))
@@ -260,14 +279,28 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
         elif controller is not None:
             report_late(start)
             decision = controller.choose(start)
-            mode, reason, deadline = decision.mode, decision.reason, decision.deadline_s
+            mode, reason, deadline, hedge = decision.mode, decision.reason, decision.deadline_s, decision.hedge
         else:
             mode, reason = policy, policy
         done, dev_s, net_s = run(mode, start, commit=True)
         dev_ms, edge_ms = dev_s * 1e3, table[mode][2] * 1e3
         if controller is not None:
             sent = start + dev_s
-            if mode != "local" and deadline is not None and done > deadline:
+            if mode != "local" and hedge:
+                local_done = sent + hedge_local_ms(config.costs, mode) / 1e3
+                if local_done < done:
+                    # The local continuation won the race: the frame is served from it; the payload and its
+                    # result still travel (reported late), and the controller treats it as a missed deadline.
+                    report_late(local_done)
+                    late.append((done, mode, table[mode][1], done - sent, table[mode][2]))
+                    late.sort()
+                    controller.missed(mode, table[mode][1], local_done - sent, local_done)
+                    records.append(FrameRecord(i, "local", "hedge", arrival, start, local_done,
+                                               (local_done - start) * 1e3, (local_done - sent) * 1e3, 0.0,
+                                               table[mode][1]))
+                    free_at = local_done
+                    continue
+            elif mode != "local" and deadline is not None and done > deadline:
                 # Given up at the deadline (at once if the head outlasted it, as the runtime's zero wait):
                 # served locally; the payload and its result still travel.
                 gave_up = max(deadline, sent)

@@ -143,6 +143,7 @@ class SplitModel:
         self.tail = Tail(self.adapter, stages[k].tap, stages[k + 1 :], self.bottleneck).eval()
         self.wire_channels = self.bottleneck.channels if self.bottleneck else self.split_channels
         self.prefilter: nn.Module | None = None  # anything with .keep(features) -> bool
+        self.classes: dict[int, str] | None = None  # a fine-tuned detector's label subset (recipes.build)
         self._jpeg = JpegCodec()
 
     # -- device side -------------------------------------------------------------------------

@@ -34,10 +34,16 @@ def fasterrcnn_mobilenet_v2_320_fpn(*, weights: Any = None, weights_backbone: An
         weights_backbone = MobileNet_V2_Weights[weights_backbone]
     backbone = mobilenet_backbone(backbone_name="mobilenet_v2", weights=weights_backbone, fpn=True,
                                   trainable_layers=trainable_backbone_layers)
-    anchor_sizes = ((32, 64, 128, 256, 512),) * 3
+    # One octave smaller than torchvision's 320 recipe: at 320 px a median COCO person is ~20 px
+    # tall-by-wide (COCO128), below the 32 px anchors' IoU reach.
+    anchor_sizes = ((16, 32, 64, 128, 256),) * 3
     aspect_ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+    # Test-time proposal counts as torchvision's 320 recipe. Training samples fewer proposals and
+    # RoIs than the 800 px defaults (600/300, 128 per image): at 320 px there are few objects per
+    # image, and it makes a fine-tuning step about 3x faster on a CPU.
     defaults = {"min_size": 320, "max_size": 640, "rpn_pre_nms_top_n_test": 150, "rpn_post_nms_top_n_test": 150,
-                "rpn_score_thresh": 0.05}
+                "rpn_score_thresh": 0.05, "rpn_pre_nms_top_n_train": 600, "rpn_post_nms_top_n_train": 300,
+                "box_batch_size_per_image": 128}
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation_size)
     return FasterRCNN(backbone, None, rpn_anchor_generator=AnchorGenerator(anchor_sizes, aspect_ratios),
                       box_head=box_head, box_predictor=FastRCNNPredictor(representation_size, num_classes),

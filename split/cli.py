@@ -143,6 +143,8 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--plot", metavar="OUT.png")
     p.add_argument("--qualities", default="50,75,90", help="JPEG qualities of the offload baseline")
     p.add_argument("--limit", type=int, help="first N images only (quick look)")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="detectors with --annotations: 95%% interval of each mAP / original's mAP from N image resamples")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -158,6 +160,9 @@ def _eval(argv: list[str]) -> int:
     except ValueError:
         print(f"{prog} --qualities must be comma-separated integers in 1..100, got {args.qualities!r}", file=sys.stderr)
         return 2
+    if args.bootstrap < 0:
+        print(f"{prog} --bootstrap must be >= 0, got {args.bootstrap}", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(args.config) if args.config else None
         if args.val_only and cfg is None:
@@ -168,7 +173,8 @@ def _eval(argv: list[str]) -> int:
         labels = args.labels or (cfg.data.labels if cfg and not args.annotations else None)
         result = evaluate(args.model, images, args.checkpoint, weights=args.weights, annotations=args.annotations,
                           labels=labels, val_only=(cfg.data.val_fraction, cfg.data.seed) if args.val_only and cfg else None,
-                          qualities=qualities, limit=args.limit, progress=not args.no_progress)
+                          qualities=qualities, limit=args.limit, progress=not args.no_progress,
+                          bootstrap=args.bootstrap)
     except (ConfigError, DataError, WeightsError) as exc:
         print(f"{prog} {exc}", file=sys.stderr)
         return 2
@@ -194,6 +200,7 @@ def _prefilter(argv: list[str]) -> int:
 
     import torch
 
+    from split.labels import coco_category
     from split.prefilter import labels_from_coco, labels_from_teacher, train_prefilter
     from split.recipes import build, default_recipe
     from split.weights import WeightsError, load_checkpoint
@@ -206,11 +213,14 @@ def _prefilter(argv: list[str]) -> int:
     p.add_argument("--images", required=True, help="folder of training images")
     p.add_argument("--annotations", help="COCO json for labels; without it the teacher's detections are the labels")
     p.add_argument("--teacher-score", type=float, default=0.5)
-    p.add_argument("--classes", help="comma-separated target category ids (default: all)")
+    p.add_argument("--classes", help="comma-separated target COCO categories, names or ids (default: all)")
     p.add_argument("--target-recall", type=float, default=0.9)
     p.add_argument("--val-fraction", type=float, default=0.25)
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", metavar="FILE.yaml",
+                   help="train only on the images this training recipe trained on (its held-out part stays "
+                        "unseen, for `splitedge eval --val-only`)")
     p.add_argument("--out", required=True, metavar="CKPT.pt")
     args = p.parse_args(argv)
 
@@ -222,14 +232,24 @@ def _prefilter(argv: list[str]) -> int:
     if not folder.is_dir():
         return fail(f"cannot read images {str(folder)!r}: not a directory")
     files = sorted(f for f in folder.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    if args.config:
+        from split.data import train_val_split
+        from split.train_config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.config)
+        except (ConfigError, OSError) as exc:
+            return fail(str(exc))
+        train_idx, _ = train_val_split([f.name for f in files], cfg.data.val_fraction, cfg.data.seed)
+        files = [files[i] for i in train_idx]
     if len(files) < 8:
         return fail(f"{folder} has {len(files)} images; the prefilter needs at least 8")
     try:
-        classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+        classes = [coco_category(c) for c in args.classes.split(",")] if args.classes else None
         model, _ = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
         base = load_checkpoint(args.checkpoint) if args.checkpoint else {"recipe": model.name}
-    except ValueError:
-        return fail(f"--classes must be comma-separated integers, got {args.classes!r}")
+    except ValueError as exc:
+        return fail(f"--classes {args.classes!r}: {exc}")
     except (KeyError, WeightsError) as exc:
         return fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     if args.annotations:
@@ -253,24 +273,29 @@ _HANDLERS["prefilter"] = _prefilter
 
 def _finetune(argv: list[str]) -> int:
     """`splitedge finetune`: supervised fine-tuning of a detector recipe on COCO-format data."""
-    import json
+    import time
     from pathlib import Path
 
     import torch
+    from tqdm import tqdm
 
     from split.builders import BUILDERS
-    from split.finetune import CocoDetection, finetune_detector, split_ids
+    from split.data import DataError
+    from split.finetune import CocoDetection, category_ids, coco_split, detection_map, finetune_detector
     from split.recipes import get_recipe
 
     p = argparse.ArgumentParser(prog="splitedge finetune", description="Fine-tune a detector on COCO-format data.")
     p.add_argument("--model", default="fasterrcnn_mobilenet_v2_320_fpn")
     p.add_argument("--images", required=True)
     p.add_argument("--annotations", required=True)
+    p.add_argument("--classes", default="all", help="comma-separated COCO category names to learn (default: all)")
     p.add_argument("--backbone-weights", default="IMAGENET1K_V1", help="ImageNet weights of the backbone (`make weights`)")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=0.005)
-    p.add_argument("--val-every", type=int, default=4, help="hold out every N-th image (by id) for evaluation")
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="images held out by file name, as `splitedge train`/`eval --val-only` do")
+    p.add_argument("--eval-every", type=int, default=0, metavar="N", help="print held-out mAP every N epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="CKPT.pt")
     args = p.parse_args(argv)
@@ -285,22 +310,43 @@ def _finetune(argv: list[str]) -> int:
         return fail(str(exc.args[0]))
     if recipe.builder not in BUILDERS:
         return fail(f"{args.model!r} has no fine-tunable builder; choose one of {', '.join(BUILDERS)}")
-    if not Path(args.annotations).is_file() or not Path(args.images).is_dir():
-        return fail(f"cannot read {args.annotations!r} / {args.images!r}")
-    ids = [im["id"] for im in json.loads(Path(args.annotations).read_text())["images"]]
-    train_ids, val_ids = split_ids(ids, args.val_every)
+    try:
+        classes = category_ids(args.annotations, None if args.classes == "all" else args.classes.split(","))
+        train_ids, val_ids = coco_split(args.images, args.annotations, args.val_fraction, args.seed)
+    except (DataError, KeyError, OSError, ValueError) as exc:
+        return fail(f"{args.annotations} / {args.images}: {exc.args[0] if exc.args else exc}")
+    builder_kwargs = {"num_classes": max(classes) + 1}  # labels stay COCO ids; 0 is background
     torch.manual_seed(args.seed)
     try:
-        model = BUILDERS[recipe.builder](weights_backbone=args.backbone_weights, **recipe.kwargs)
+        model = BUILDERS[recipe.builder](weights_backbone=args.backbone_weights, **{**recipe.kwargs, **builder_kwargs})
     except Exception as exc:  # torchvision raises several types for a missing cached file
         return fail(f"cannot build {args.model} with backbone weights {args.backbone_weights}: {exc}")
-    history = finetune_detector(model, CocoDetection(args.images, args.annotations, train_ids, train=True),
-                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}  # half the bytes
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"recipe": recipe.name, "model": state, "train_image_ids": train_ids, "val_image_ids": val_ids,
-                "history": history}, args.out)
-    print(f"loss {history[0]:.3f} -> {history[-1]:.3f} over {args.epochs} epochs; held out {len(val_ids)} images -> {args.out}")
+    val_maps: list[dict[str, float]] = []
+    losses: list[float] = []
+    began = time.monotonic()
+
+    def save() -> None:  # after every evaluation and at the end: a long run never loses all its work
+        state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}  # half the bytes
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"recipe": recipe.name, "model": state, "builder_kwargs": builder_kwargs, "classes": classes,
+                    "train_image_ids": train_ids, "val_image_ids": val_ids, "history": losses, "val_map": val_maps,
+                    "epochs": len(losses), "wall_s": round(time.monotonic() - began, 1)}, args.out)
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        losses.append(loss)
+        if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            m, m50 = detection_map(model, args.images, args.annotations, val_ids, sorted(classes))
+            val_maps.append({"epoch": epoch + 1, "loss": loss, "map": m, "map50": m50})
+            tqdm.write(f"epoch {epoch + 1}: loss {loss:.3f}, held-out mAP {m:.3f}, mAP50 {m50:.3f}")
+            save()
+
+    history = finetune_detector(model, CocoDetection(args.images, args.annotations, train_ids, train=True,
+                                                     classes=sorted(classes)),
+                                epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                on_epoch=on_epoch)
+    save()
+    print(f"loss {history[0]:.3f} -> {history[-1]:.3f} over {args.epochs} epochs "
+          f"({time.monotonic() - began:.0f} s); held out {len(val_ids)} images -> {args.out}")
     return 0
 
 

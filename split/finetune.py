@@ -2,8 +2,14 @@
 
 The split is distilled from a teacher; the teacher itself must first detect something. With
 only the ImageNet backbone available offline, the detection heads start random and learn
-here from the bundled COCO annotations. The validation part is chosen by image id and
-stored in the checkpoint, so evaluation holds out exactly the images training never saw.
+here from the bundled COCO annotations. The validation part is chosen by file name with the
+same rule as `splitedge train` and `splitedge eval --val-only` (`split.data.train_val_split`),
+so distillation and evaluation hold out exactly the images fine-tuning never saw; the ids are
+stored in the checkpoint too.
+
+Why a class subset (`classes`): COCO128 holds 188 person boxes but at most ~30 of any other
+class, too few to learn 80 classes from. Labels stay COCO category ids (a person-only model has
+`num_classes` 2), so nothing downstream remaps them.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -21,21 +27,55 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["CocoDetection", "finetune_detector", "split_ids"]
+__all__ = ["CocoDetection", "category_ids", "coco_split", "detection_map", "finetune_detector"]
 
 
-def split_ids(image_ids: list[int], val_every: int = 4) -> tuple[list[int], list[int]]:
-    """Deterministic train/val split: every `val_every`-th image (by sorted id) is held out."""
-    ids = sorted(image_ids)
-    val = [i for k, i in enumerate(ids) if k % val_every == 0]
-    return [i for i in ids if i not in set(val)], val
+def coco_split(images_dir: str | Path, annotations: str | Path, val_fraction: float,
+               seed: int) -> tuple[list[int], list[int]]:
+    """(train, val) image ids: `train_val_split` on the file names of the annotated images
+    present in `images_dir`, the rule `splitedge train`/`eval --val-only` apply to the folder."""
+    from split.data import CocoImages, train_val_split
+
+    data = CocoImages(images_dir, annotations)
+    train, val = train_val_split([f.name for f in data.files], val_fraction, seed)
+    return sorted(data.image_ids[i] for i in train), sorted(data.image_ids[i] for i in val)
+
+
+def category_ids(annotations: str | Path, names: list[str] | None) -> dict[int, str]:
+    """{COCO category id: name} for `names` (all categories when None); unknown names raise."""
+    cats = {c["id"]: c["name"] for c in json.loads(Path(annotations).read_text())["categories"]}
+    if names is None:
+        return cats
+    by_name = {v: k for k, v in cats.items()}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise KeyError(f"unknown COCO categories {', '.join(map(repr, unknown))}")
+    return {by_name[n]: n for n in names}
+
+
+def detection_map(model: nn.Module, images_dir: str | Path, annotations: str | Path, image_ids: list[int],
+                  classes: list[int] | None = None) -> tuple[float, float]:
+    """(mAP@[.5:.95], mAP@.5) of `model` on `image_ids`, over `classes` only when given
+    (a person detector is not scored on the 79 classes it never learned)."""
+    from split.data import CocoImages
+    from split.evaluation import coco_map, coco_results
+
+    data = CocoImages(images_dir, annotations)
+    keep = [i for i, image_id in enumerate(data.image_ids) if image_id in set(image_ids)]
+    data = data.subset(keep)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        outputs = [model([data[i][0]])[0] for i in range(len(data))]
+    model.train(was_training)
+    return coco_map(data.coco, coco_results(outputs, data.image_ids), data.image_ids, classes)
 
 
 class CocoDetection(torch.utils.data.Dataset):
     """COCO images with boxes as torchvision detectors take them (xyxy, category ids)."""
 
     def __init__(self, images_dir: str | Path, annotations: str | Path, ids: list[int] | None = None,
-                 train: bool = False) -> None:
+                 train: bool = False, classes: list[int] | None = None) -> None:
         data = json.loads(Path(annotations).read_text())
         self.images_dir = Path(images_dir)
         self.images = {im["id"]: im for im in data["images"]}
@@ -43,6 +83,8 @@ class CocoDetection(torch.utils.data.Dataset):
         self.boxes: dict[int, list[tuple[list[float], int]]] = {i: [] for i in self.images}
         for a in data["annotations"]:
             if a.get("iscrowd", 0) or a["image_id"] not in self.boxes:
+                continue
+            if classes is not None and a["category_id"] not in classes:
                 continue
             x, y, w, h = a["bbox"]
             if w >= 1 and h >= 1:
@@ -70,8 +112,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
 def finetune_detector(model: nn.Module, train_set: CocoDetection, *, epochs: int = 30, batch_size: int = 4,
                       lr: float = 0.005, weight_decay: float = 1e-4, seed: int = 0,
-                      scales: tuple[int, ...] = (256, 288, 320, 352)) -> list[float]:
-    """SGD with warm-up and cosine decay; returns the mean loss per epoch."""
+                      scales: tuple[int, ...] = (256, 288, 320, 352),
+                      on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """SGD with warm-up and cosine decay; returns the mean loss per epoch.
+
+    `on_epoch(epoch, mean_loss)` runs after each epoch (e.g. a validation mAP every few)."""
     random.seed(seed)
     torch.manual_seed(seed)
     eval_sizes = model.transform.min_size
@@ -85,6 +130,7 @@ def finetune_detector(model: nn.Module, train_set: CocoDetection, *, epochs: int
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: (it + 1) / warmup if it < warmup else 0.5 * (1 + math.cos(math.pi * (it - warmup) / max(total - warmup, 1))))
     history = []
+    skipped = bad_in_a_row = 0
     model.train()
     bar = tqdm(total=total, desc="finetune", unit="batch")
     for epoch in range(epochs):
@@ -92,9 +138,17 @@ def finetune_detector(model: nn.Module, train_set: CocoDetection, *, epochs: int
         for images, targets in loader:
             loss_dict = model(list(images), list(targets))
             loss = sum(loss_dict.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}: lower the learning rate")
             opt.zero_grad()
+            if not torch.isfinite(loss):  # a rare degenerate batch: skip it; a diverging run: stop
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= 5:
+                    raise FloatingPointError(f"loss is {loss.item()} for 5 batches in a row at epoch {epoch}: "
+                                             "lower the learning rate")
+                tqdm.write(f"finetune: non-finite loss at epoch {epoch}, batch skipped ({skipped} so far)")
+                bar.update()
+                continue
+            bad_in_a_row = 0
             loss.backward()
             nn.utils.clip_grad_norm_(params, 10.0)  # random-init heads give a few huge early gradients
             opt.step()
@@ -103,6 +157,10 @@ def finetune_detector(model: nn.Module, train_set: CocoDetection, *, epochs: int
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses):.3f}")
             bar.update()
         history.append(float(np.mean(losses)))
+        if on_epoch is not None:
+            on_epoch(epoch, history[-1])
+            model.transform.min_size = scales
+            model.train()
     bar.close()
     model.transform.min_size = eval_sizes
     model.eval()

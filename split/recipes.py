@@ -24,6 +24,13 @@ from split.weights import WeightsError, cached_weights, load_checkpoint, load_st
 __all__ = ["RECIPES", "Recipe", "build", "default_recipe", "get_recipe"]
 
 
+def _shipped(relative: str | None) -> Path | None:
+    if relative is None:
+        return None
+    path = Path(__file__).resolve().parents[1] / relative
+    return path if path.is_file() else None
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str
@@ -35,12 +42,15 @@ class Recipe:
     kwargs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     checkpoint: str | None = None  # shipped weights, relative to the repository; used when present
+    # A shipped distilled head + bottleneck over `checkpoint`'s network: what `build` uses when it is
+    # given no checkpoint, so that `serve`/`run`/the demo get the trained split by the recipe's name.
+    split_checkpoint: str | None = None
 
     def default_checkpoint(self) -> Path | None:
-        if self.checkpoint is None:
-            return None
-        path = Path(__file__).resolve().parents[1] / self.checkpoint
-        return path if path.is_file() else None
+        return _shipped(self.checkpoint)
+
+    def default_split_checkpoint(self) -> Path | None:
+        return _shipped(self.split_checkpoint) if self.default_checkpoint() is not None else None
 
     @property
     def family(self) -> str:
@@ -50,13 +60,17 @@ class Recipe:
 _R50 = {"min_size": 480, "max_size": 640}  # COCO-sized frames at native size, as REFERENCES measures
 
 RECIPES: tuple[Recipe, ...] = (
+    # The default: the one detector here with trained weights (person-only, fine-tuned from the ImageNet
+    # MobileNetV2 on COCO128) and a distilled 6-channel bottleneck; without the files it is random-init.
+    Recipe("fasterrcnn_mobilenet_v2_320_fpn", "fasterrcnn_mobilenet_v2_320_fpn", "backbone.body.6", 6, "uint8",
+           "Faster R-CNN 320 px, MobileNetV2-FPN (ImageNet backbone, fine-tuned on COCO128 persons); split at "
+           "stride 8 (32 ch), distilled bottleneck 6 ch, 8-bit",
+           checkpoint="checkpoints/fasterrcnn_mobilenet_v2_320_fpn.pt",
+           split_checkpoint="checkpoints/fasterrcnn_mobilenet_v2_c6.pt"),
     Recipe("ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 3,
            "uint8", "SSDlite 320 px, MobileNetV3-L; split at stride 8 (40 ch), bottleneck to 3 ch, 8-bit"),
     Recipe("ssdlite320_mobilenet_v3_large_raw", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 0,
-           "float32", "as the default, no bottleneck, float32: outputs equal the original model's"),
-    Recipe("fasterrcnn_mobilenet_v2_320_fpn", "fasterrcnn_mobilenet_v2_320_fpn", "backbone.body.6", 3, "uint8",
-           "Faster R-CNN 320 px, MobileNetV2-FPN (ImageNet backbone, fine-tuned on COCO128); split at stride 8 "
-           "(32 ch), bottleneck 3 ch, 8-bit", checkpoint="checkpoints/fasterrcnn_mobilenet_v2_320_fpn.pt"),
+           "float32", "as ssdlite320_mobilenet_v3_large, no bottleneck, float32: outputs equal the original model's"),
     Recipe("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "backbone.body.6",
            3, "uint8", "Faster R-CNN 320 px, MobileNetV3-L FPN; split at stride 8, bottleneck 3 ch, 8-bit"),
     Recipe("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
@@ -124,19 +138,22 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
         kwargs["weights"] = None
     if recipe.family == "detector":
         kwargs.setdefault("weights_backbone", None)  # the default would download ImageNet weights
-    builder = BUILDERS.get(recipe.builder) or (lambda **kw: torchvision.models.get_model(recipe.builder, **kw))
-    model = builder(**kwargs).eval()
     shipped = recipe.default_checkpoint()
-    if checkpoint is None and shipped is not None:
-        checkpoint = shipped
+    if checkpoint is None:
+        checkpoint = recipe.default_split_checkpoint() or shipped
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else {}
     if ckpt.get("recipe", recipe.name) != recipe.name:
         raise WeightsError(f"checkpoint {checkpoint} is for model {ckpt['recipe']!r}, not {recipe.name!r}")
-    if "model" in ckpt:
-        load_state(model, ckpt["model"], f"checkpoint {checkpoint} (model)")
-    elif shipped is not None and not weights:  # a distilled head/bottleneck over the shipped network
-        load_state(model, load_checkpoint(shipped)["model"], f"checkpoint {shipped} (model)")
-        source = f"checkpoint {shipped}"
+    # The network's own weights: the checkpoint's, else (under a distilled head/bottleneck) the shipped one's.
+    net, net_path = (ckpt, checkpoint) if "model" in ckpt else (
+        (load_checkpoint(shipped), shipped) if shipped is not None and not weights else ({}, None))
+    kwargs.update(net.get("builder_kwargs", {}))  # e.g. num_classes of a fine-tuned detector
+    builder = BUILDERS.get(recipe.builder) or (lambda **kw: torchvision.models.get_model(recipe.builder, **kw))
+    model = builder(**kwargs).eval()
+    if net:
+        load_state(model, net["model"], f"checkpoint {net_path} (model)")
+        if net is not ckpt:
+            source = f"checkpoint {shipped}"
     probe = SplitModel(model, recipe.split_point, None, codec=recipe.codec, name=recipe.name)
     bottleneck = _bottleneck(recipe, probe.split_channels, ckpt.get("bottleneck_spec"), checkpoint)
     split_model = SplitModel(model, recipe.split_point, bottleneck, codec=recipe.codec, name=recipe.name,
@@ -153,6 +170,8 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
         load_state(bottleneck, ckpt["bottleneck"], f"checkpoint {checkpoint} (bottleneck)")
     if ckpt:
         source = f"checkpoint {checkpoint}" + ("" if "model" in ckpt else f" ({', '.join(k for k in ('head', 'bottleneck') if k in ckpt)}) over {source}")
+    # {COCO category id: name} a fine-tuned detector knows; None: the builder's full label set.
+    split_model.classes = {int(k): v for k, v in net["classes"].items()} if "classes" in net else None
     split_model.model.eval()
     if bottleneck is not None:
         bottleneck.eval()

@@ -244,7 +244,7 @@ class Distiller:
     """One distillation run: teacher, student, caches, optimizer; `run()` trains and saves."""
 
     def __init__(self, cfg: DistillConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> None:
-        from split.recipes import build
+        from split.recipes import build, get_recipe
 
         self.cfg, self.progress = cfg, progress
         self.log = log or (lambda s: print(s, file=sys.stderr))
@@ -252,7 +252,10 @@ class Distiller:
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU convolutions many-fold
-        recipe_sm, self.weights_source = build(cfg.recipe, weights=cfg.weights)  # the recipe's split, codec, name
+        # The recipe's split, codec, name; the teacher is the shipped network itself, never a
+        # previously distilled split of it (`Recipe.split_checkpoint`).
+        shipped = None if cfg.weights else get_recipe(cfg.recipe).default_checkpoint()
+        recipe_sm, self.weights_source = build(cfg.recipe, weights=cfg.weights, checkpoint=shipped)
         self.model = recipe_sm.model.eval()  # the teacher: the original network, frozen below
         torch.manual_seed(t.seed)
         b = cfg.bottleneck
@@ -305,13 +308,21 @@ class Distiller:
 
         return run
 
+    def _teacher_digest(self) -> str | None:
+        """The shipped network's file digest: a re-fine-tuned detector is another teacher."""
+        from split.recipes import get_recipe
+
+        path = None if self.cfg.weights else get_recipe(self.cfg.recipe).default_checkpoint()
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None else None
+
     def _cache_key(self, part: str, files: list[Path], n: int) -> str:
         t, p = self.cfg.train, self.plan
         # "v" versions what is not in the config (DistillAugment's settings, the stored dtypes):
         # bump it when those change, or a stale cache would be reused.
         ident = {"part": part, "recipe": self.cfg.recipe, "weights": self.cfg.weights, "size": self.size,
                  "files": [f"{f.name}:{f.stat().st_size}" for f in files], "n": n, "seed": t.seed,
-                 "frozen": p.frozen, "stages": p.loss_stages, "run_to": p.run_to, "v": 1}
+                 "frozen": p.frozen, "stages": p.loss_stages, "run_to": p.run_to, "teacher": self._teacher_digest(),
+                 "v": 1}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.cfg.recipe}-{part}-{digest}"
 

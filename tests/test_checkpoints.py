@@ -47,3 +47,35 @@ def test_missing_cached_weights_is_a_clear_error(monkeypatch, tmp_path):
         build("ssdlite320_mobilenet_v3_large", weights="COCO_V1")
     with pytest.raises(WeightsError, match="has no weights 'NOPE'"):
         build("mobilenet_v2", weights="NOPE")
+
+
+def test_a_recipe_builds_its_shipped_network_and_split_by_name(tmp_path, monkeypatch):
+    """`Recipe.checkpoint` + `Recipe.split_checkpoint`: by name, the shipped network with its
+    class subset and the distilled head/bottleneck; an explicit checkpoint still wins."""
+    import dataclasses
+
+    import split.recipes as recipes
+    from split.builders import fasterrcnn_mobilenet_v2_320_fpn
+
+    torch.manual_seed(0)
+    net = fasterrcnn_mobilenet_v2_320_fpn(num_classes=2).eval()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"recipe": "fasterrcnn_mobilenet_v2_320_fpn", "model": net.state_dict(), "classes": {1: "person"},
+                "builder_kwargs": {"num_classes": 2}}, tmp_path / "checkpoints" / "net.pt")
+    sm, _ = build("fasterrcnn_mobilenet_v2_320_fpn", checkpoint=tmp_path / "checkpoints" / "net.pt")
+    head = {k: v + 0.01 if v.is_floating_point() else v for k, v in sm.head.chain.state_dict().items()}
+    torch.save({"recipe": sm.name, "head": head, "bottleneck": sm.bottleneck.state_dict()},
+               tmp_path / "checkpoints" / "split.pt")
+    base = recipes.get_recipe("fasterrcnn_mobilenet_v2_320_fpn")
+    shipped = dataclasses.replace(base, checkpoint="checkpoints/net.pt", split_checkpoint="checkpoints/split.pt")
+    monkeypatch.setattr(recipes, "get_recipe", lambda name: shipped)
+    monkeypatch.setattr(recipes, "_shipped", lambda rel: tmp_path / rel if rel and (tmp_path / rel).is_file() else None)
+
+    by_name, source = build("fasterrcnn_mobilenet_v2_320_fpn")
+    assert "split.pt" in source and by_name.classes == {1: "person"}
+    assert all(torch.equal(v, head[k]) for k, v in by_name.head.chain.state_dict().items())
+    for k, v in by_name.model.state_dict().items():  # local/offload run the shipped network
+        assert torch.equal(v, net.state_dict()[k]), k
+    plain, source = build("fasterrcnn_mobilenet_v2_320_fpn", checkpoint=tmp_path / "checkpoints" / "net.pt")
+    key = next(k for k, v in head.items() if v.is_floating_point())
+    assert "split.pt" not in source and not torch.equal(plain.head.chain.state_dict()[key], head[key])

@@ -12,6 +12,7 @@ from tests.conftest import ENV, ROOT, SAMPLES, splitedge
 
 RECORD_KEYS = {"frame_id", "source", "mode", "payload_bytes", "head_ms", "network_ms", "server_ms", "e2e_ms",
                "detections"}
+MODEL = "ssdlite320_mobilenet_v3_large"  # what the `server` fixture serves
 
 
 def run_client(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -26,7 +27,8 @@ def read_jsonl(path):
 def test_modes_end_to_end(server, tmp_path, mode):
     out = tmp_path / "r.jsonl"
     annotated = tmp_path / "ann"
-    proc = run_client("--server", server.target, "--mode", mode, "--source", str(SAMPLES), "--out", str(out),
+    proc = run_client("--server", server.target, "--model", MODEL, "--mode", mode,
+                      "--source", str(SAMPLES), "--out", str(out),
                       "--limit", "3", "--save-annotated", str(annotated), "--jpeg-quality", "80")
     assert proc.returncode == 0, proc.stderr
     records = read_jsonl(out)
@@ -62,13 +64,13 @@ def test_split_without_bottleneck_gives_the_local_detections(server, tmp_path):
 
 def test_unreadable_source_is_exit_2_with_one_line(tmp_path):
     missing = tmp_path / "nope"
-    proc = run_client("--mode", "local", "--source", str(missing), "--out", str(tmp_path / "r.jsonl"))
+    proc = run_client("--model", MODEL, "--mode", "local", "--source", str(missing), "--out", str(tmp_path / "r.jsonl"))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "no such file" in lines[0]
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_client("--mode", "local", "--source", str(empty), "--out", str(tmp_path / "r.jsonl"))
+    proc = run_client("--model", MODEL, "--mode", "local", "--source", str(empty), "--out", str(tmp_path / "r.jsonl"))
     assert proc.returncode == 2 and "no image files" in proc.stderr
 
 
@@ -82,10 +84,45 @@ def test_no_server_falls_back_to_local(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "r.jsonl"
-    proc = run_client("--server", f"127.0.0.1:{port}", "--mode", "split", "--source", str(SAMPLES), "--out", str(out),
+    proc = run_client("--server", f"127.0.0.1:{port}", "--model", MODEL, "--mode", "split",
+                      "--source", str(SAMPLES), "--out", str(out),
                       "--limit", "2", "--timeout", "2")
     assert proc.returncode == 0, proc.stderr
     records = read_jsonl(out)
     assert len(records) == 2
     assert all(r["mode"] == "local" and r["fallback"] and r["detections"] for r in records)
     assert "edge unavailable" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large_raw"])
+def test_a_hedged_local_run_gives_the_whole_models_outputs(name):
+    # What a hedged frame's local run computes, stage by stage: from the split point's features before the
+    # bottleneck (split) or from the image (offload), it is the original model, not the bottlenecked one.
+    import torch
+
+    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.runtime import DeviceRuntime, to_tensor
+    from mobile_client.sources import open_source
+    from split.recipes import build
+
+    model, _ = build(name)
+    runtime = DeviceRuntime(model, Controller(ModeCosts(1, 1, 1, 1, 1, 1, 1)), None)
+    image = to_tensor(next(iter(open_source(str(SAMPLES), 1))).rgb)
+    features = []
+    hook = model.head.chain.register_forward_hook(lambda _m, _i, out: features.append(out))
+    payload = model.encode_message(image)
+    hook.remove()
+    runtime._original_stages()
+    assert runtime._resumable  # the split head is the original model's own modules
+    expected = model.full(image)
+    for start in (features[0], None):
+        steps = runtime._local_steps(image, payload, start)
+        n = 0
+        with pytest.raises(StopIteration) as stop:
+            while True:
+                next(steps)
+                n += 1
+        out = stop.value.value
+        assert n > 5  # cancellable between stages
+        for key in ("boxes", "labels", "scores"):
+            assert torch.allclose(out[key].float(), expected[key].float(), atol=1e-4), key

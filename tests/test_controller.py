@@ -452,3 +452,66 @@ def test_a_stall_before_any_estimate_with_a_plain_estimator_still_works():
     ctl.observe_late("split", COSTS.bytes_split, 1.0, 0.03, 1.2)
     probe = ctl.choose(1.3)
     assert probe.mode == "split" and probe.reason == "probe"  # the smaller payload, nothing being known
+
+
+# ------------------------------------------------------------------ hedging
+def test_remote_frames_are_hedged_exactly_where_local_may_serve_them():
+    d = Controller(COSTS, estimator=FakeLink(1 * MBPS)).choose(0.0)
+    assert d.mode == "split" and d.hedge  # the default
+    assert not Controller(COSTS, hedge=False, estimator=FakeLink(1 * MBPS)).choose(0.0).hedge
+    local = Controller(COSTS, estimator=FakeLink(0.01 * MBPS)).choose(0.0)
+    assert local.mode == "local" and not local.hedge
+    # No local to fall back on (not a mode, or below the accuracy floor): nothing to race against.
+    assert not Controller(COSTS, modes=("split",), estimator=FakeLink(1 * MBPS)).choose(0.0).hedge
+    strict = Controller(COSTS, accuracy={"local": 0.5}, min_accuracy=0.6, estimator=FakeLink(1 * MBPS))
+    assert not strict.choose(0.0).hedge
+    # Hedging does not depend on deadlines being on.
+    assert Controller(COSTS, deadline_factor=None, estimator=FakeLink(1 * MBPS)).choose(0.0).hedge
+
+
+def test_hedge_local_time_is_the_rest_of_the_model_from_the_split_point():
+    from mobile_client.controller import hedge_local_ms
+
+    assert hedge_local_ms(COSTS, "offload") == 300.0
+    assert hedge_local_ms(COSTS, "split") == 300.0  # not measured: the whole model
+    resume = ModeCosts(**{**COSTS.__dict__, "t_resume_device_ms": 280.0})
+    assert hedge_local_ms(resume, "split") == 280.0 and hedge_local_ms(resume, "offload") == 300.0
+    assert scaled(resume, 4.0).t_resume_device_ms == pytest.approx(1120.0)
+    assert ModeCosts.from_dict({**COSTS.__dict__, "t_resume_device_ms": 280.0}) == resume
+    with pytest.raises(ValueError):
+        hedge_local_ms(COSTS, "local")
+
+
+def test_costs_from_profiles_price_the_split_continuation_as_the_device_tail():
+    from mobile_client.profiles import costs_from_profiles
+
+    prof = {"default_size": "s", "sizes": {"s": {"ms": {"full": 70.0, "head": 29.0, "tail": 46.0,
+                                                        "jpeg_encode": 2.7, "offload_edge": 75.0},
+                                                 "bytes": {"split": 4930, "jpeg": 27267}}}}
+    edge = {"default_size": "s", "sizes": {"s": {"ms": {"full": 7.0, "head": 2.9, "tail": 4.6,
+                                                        "jpeg_encode": 0.3, "offload_edge": 7.5},
+                                                 "bytes": {"split": 4930, "jpeg": 27267}}}}
+    costs = costs_from_profiles(prof, edge)
+    assert costs.t_resume_device_ms == 46.0 and costs.t_tail_edge_ms == 4.6
+
+
+def test_a_hedge_lost_to_local_is_a_stall_and_its_probe_is_the_mode_of_the_delivering_link():
+    # Offload on a fast link; its frame is beaten by the local run (the link stopped): a stall, as a missed
+    # deadline. The late result shows the link is back; the probe is the mode the link as it was favours
+    # (offload), not the smallest payload the bound from the stalled JPEG makes look best.
+    ctl = Controller(COSTS)
+    ctl.observe_rtt(RTT, 0.0)
+    t, bps = 0.0, 100 * MBPS
+    for _ in range(20):
+        d = ctl.choose(t)
+        total = COSTS.bytes_jpeg * 8 / bps + RTT + COSTS.t_full_edge_ms / 1000
+        ctl.observe(d.mode, COSTS.bytes_jpeg if d.mode == "offload" else COSTS.bytes_split, total,
+                    COSTS.t_full_edge_ms / 1000, t + 0.002 + total)
+        t += 0.2
+    d = ctl.choose(t)
+    assert d.mode == "offload" and d.hedge
+    ctl.missed("offload", COSTS.bytes_jpeg, 0.300, t + 0.302)  # the local continuation finished first
+    assert ctl.choose(t + 0.4).reason == "stalled"
+    ctl.observe_late("offload", COSTS.bytes_jpeg, 1.5, 0.015, t + 1.5)
+    probe = ctl.choose(t + 1.6)
+    assert probe.reason == "probe" and probe.mode == "offload" and probe.hedge

@@ -108,7 +108,8 @@ def test_several_checkpoints_make_a_curve_and_the_prefilter_hook_reports(tmp_pat
         path = tmp_path / f"c{c}.pt"
         state = {"recipe": "mobilenet_v2", "bottleneck": bn.state_dict(), "bottleneck_spec": bn.spec()}
         if c == 2:
-            state["prefilter"] = pf_mod.Prefilter(sm.split_channels, hidden=4, threshold=0.0).state_dict()
+            # threshold 1: every frame is dropped, yet the split is still scored on every frame
+            state["prefilter"] = pf_mod.Prefilter(sm.split_channels, hidden=4, threshold=1.0).state_dict()
         torch.save(state, path)
         ckpts += ["--checkpoint", str(path)]
     images = make_images(tmp_path / "images", n=2, size=(60, 80))
@@ -119,4 +120,31 @@ def test_several_checkpoints_make_a_curve_and_the_prefilter_hook_reports(tmp_pat
     assert [e["bottleneck"]["channels"] for e in result["curve"]] == [2, 4]
     assert result["split"] == result["curve"][0]
     assert set(result["prefilter"]) == {"recall", "precision", "drop_rate"}
-    assert result["prefilter"]["drop_rate"] == 0.0  # threshold 0 keeps every frame
+    assert result["prefilter"]["drop_rate"] == 1.0
+    assert result["split"]["top1_agreement"] is not None and result["split"]["payload_bytes_median"] > 0
+
+
+def test_map_ratio_interval_is_paired_and_sees_a_loss():
+    # Ten images with one box each; the reference finds all; one candidate is the reference itself,
+    # the other misses the box on half the images: the paired interval is exactly 1 for the first
+    # and lies wholly below 1 for the second.
+    from pycocotools.coco import COCO
+
+    from split.evaluation import map_ratio_ci
+
+    ids = list(range(101, 111))
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i, "height": 100, "width": 100} for i in ids],
+                  "annotations": [{"id": k + 1, "image_id": i, "category_id": 1, "bbox": [10, 10, 40, 40],
+                                   "area": 1600, "iscrowd": 0} for k, i in enumerate(ids)],
+                  "categories": [{"id": 1, "name": "person"}]}
+    gt.createIndex()
+    found = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 50.0]]), "labels": torch.tensor([1]),
+             "scores": torch.tensor([0.9])}
+    missed = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "scores": torch.zeros(0)}
+    reference = [found] * 10
+    half = [found if k % 2 else missed for k in range(10)]
+    ci = map_ratio_ci(gt, ids, reference, {"same": reference, "half": half}, classes=[1], replicates=40)
+    assert ci["same"] == [1.0, 1.0]
+    lo, hi = ci["half"]
+    assert 0.0 < lo <= hi < 1.0

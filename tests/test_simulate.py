@@ -234,8 +234,11 @@ def test_cli_policy_names_are_the_experiments():
 
 # ------------------------------------------------------------------ deadlines and the connect-time RTT
 def test_auto_gives_up_on_a_frame_caught_in_an_outage_and_comes_back_when_the_link_does():
-    # 20 Mbit/s (offload ~47 ms best), nothing at all for 3 s, 20 Mbit/s again.
-    config = SimConfig(COSTS, fps=5.0, frames=150, delay_ms=DELAY_MS)
+    # 20 Mbit/s (offload ~47 ms best), nothing at all for 3 s, 20 Mbit/s again. Unhedged: the deadline path.
+    from mobile_client.controller import Controller
+
+    config = SimConfig(COSTS, fps=5.0, frames=150, delay_ms=DELAY_MS,
+                       controller_factory=lambda costs: Controller(costs, hedge=False))
     trace = load_trace("steps:10@20,3@0,17@20")
     auto = simulate(trace, "auto", config)
     assert {r.reason for r in auto} <= REASONS
@@ -258,6 +261,59 @@ def test_auto_gives_up_on_a_frame_caught_in_an_outage_and_comes_back_when_the_li
     lag = max(a.done_s - o.done_s for a, o in zip(auto, oracle))
     assert lag <= m.e2e_ms / 1e3 - m.queue_ms / 1e3 - 0.300 + 0.01
     assert all(r.reason != "deadline" for p in FIXED_POLICIES for r in simulate(trace, p, config))
+
+
+def test_hedged_auto_wins_the_outage_frame_locally_and_its_worst_frame_is_about_a_local_run():
+    # The same outage, hedged (the default): the frame sent into it is also run on the idle device and
+    # served by that run, so it costs its head plus a local run instead of a deadline wait plus one.
+    from mobile_client.controller import Controller, hedge_local_ms
+
+    trace = load_trace("steps:10@20,3@0,17@20")
+    hedged = SimConfig(COSTS, fps=5.0, frames=150, delay_ms=DELAY_MS)
+    auto = simulate(trace, "auto", hedged)
+    assert {r.reason for r in auto} <= REASONS and not any(r.reason == "deadline" for r in auto)
+    won = [r for r in auto if r.reason == "hedge"]
+    assert len(won) == 1
+    [h] = won
+    assert h.mode == "local" and h.payload_bytes == COSTS.bytes_jpeg  # sent, and served by the device
+    assert h.e2e_ms - h.queue_ms == pytest.approx(COSTS.t_jpeg_encode_ms + hedge_local_ms(COSTS, "offload"))
+    # Local while stalled, back on the edge once the abandoned payload's result shows the link delivers.
+    back = min(r.start_s for r in auto if r.start_s > h.start_s and r.mode != "local")
+    assert 13.0 <= back <= 13.6
+    # Against hindsight it lags by at most one local run (the one under way when the link comes back,
+    # before the late result says so) and the head it ran before the hedged one.
+    oracle = simulate(trace, "oracle", hedged)
+    lag = max(a.done_s - o.done_s for a, o in zip(auto, oracle))
+    assert lag <= (COSTS.t_jpeg_encode_ms + COSTS.t_full_device_ms) / 1e3 + 1e-6
+    unhedged = SimConfig(COSTS, fps=5.0, frames=150, delay_ms=DELAY_MS,
+                         controller_factory=lambda costs: Controller(costs, hedge=False))
+    assert _mean("steps:10@20,3@0,17@20", "auto", hedged) < _mean("steps:10@20,3@0,17@20", "auto", unhedged)
+
+
+@pytest.mark.parametrize("mode", ["split", "offload"])
+def test_hedging_bounds_the_worst_frame_by_about_a_local_run_on_a_link_with_outages(mode):
+    # A link that delivers 20 Mbit/s but stops (0.001 Mbit/s) for 4 s every 10 s; one frame a second,
+    # so no frame queues behind another: each frame's e2e is what serving it cost.
+    from mobile_client.controller import Controller
+
+    spec = "steps:6@20,4@0.001"
+    only = (mode, "local")
+    costs = ModeCosts(**{**COSTS.__dict__, "t_resume_device_ms": 270.0})  # the original model from the split point
+    local_ms = costs.t_full_device_ms
+    head_ms = costs.t_head_device_ms if mode == "split" else costs.t_jpeg_encode_ms
+    worst = {}
+    for hedge in (True, False):
+        config = SimConfig(costs, fps=1.0, frames=60, delay_ms=DELAY_MS,
+                           controller_factory=lambda c, h=hedge: Controller(c, modes=only, hedge=h))
+        records = simulate(load_trace(spec), "auto", config)
+        assert max(r.queue_ms for r in records) == 0.0
+        worst[hedge] = max(r.e2e_ms for r in records)
+        assert any(r.reason == ("hedge" if hedge else "deadline") for r in records)
+    # Hedged: the head, then the rest of the model on the device (for split, from the split point's features).
+    bound = head_ms + (costs.t_resume_device_ms if mode == "split" else local_ms)
+    assert worst[True] <= bound + 1e-6 and worst[True] <= 1.15 * local_ms
+    # Unhedged: a frame caught in the outage waits for its deadline, then runs locally: about twice as long.
+    assert worst[False] > 1.8 * local_ms
 
 
 def test_the_controller_knows_the_rtt_from_pings_before_its_second_frame():
