@@ -38,9 +38,13 @@ Decisions, and why:
   measured RTT, not the compute, that rules remote out, one frame per
   ``probe_interval_s`` re-checks it: a ping at connect may have met a
   stall — the first delivery of a mahimahi trace can be 0.8 s in). Otherwise
-  send *one* frame with the eligible remote mode with the fewest bytes
-  (cheapest way to learn B, reason ``"no-estimate"``) and run locally until
-  its result arrives; if none arrives, try again after ``probe_interval_s``.
+  send *one* frame with an eligible remote mode (reason ``"no-estimate"``)
+  and run locally until its result arrives; if none arrives, try again after
+  ``probe_interval_s``. Unhedged, that is the mode with the fewest bytes (the
+  cheapest way to learn B). Hedged, a frame costs at most its device part
+  plus its local continuation whatever the link, so it is the mode with the
+  lowest such worst case (offload: a JPEG encode, then the whole model), which
+  is also the right first guess on a fast link.
   A prior can be given instead: ``LinkEstimator(initial_bps=..., initial_rtt_s=...)``.
   The default estimator expires samples older than ``probe_interval_s``
   (relative to the newest), so one probe after a quiet spell replaces a
@@ -599,11 +603,18 @@ class Controller:
                     return decide(min(could, key=lambda m: (nbytes[m], bound[m])), "probe")
                 return decide("local", "best")
             remote = winnable
+        device_ms = {"split": costs.t_head_device_ms, "offload": costs.t_jpeg_encode_ms}
+
+        def first_key(m: str) -> tuple[float, ...]:
+            if self.hedge and local_ok:  # see "Initial choice": the cheapest worst case
+                return (device_ms[m] + hedge_local_ms(costs, m), nbytes[m], bound[m])
+            return (nbytes[m], bound[m])
+
         may_measure = self._last_probe_s is None or now_s - self._last_probe_s >= self.probe_interval_s
         if may_measure or not local_ok:
             if may_measure:
                 self._last_probe_s = now_s
-            return decide(min(remote, key=lambda m: (nbytes[m], bound[m])), "no-estimate")
+            return decide(min(remote, key=first_key), "no-estimate")
         self._current = "local"
         return decide("local", "no-estimate")
 
