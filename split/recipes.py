@@ -66,7 +66,7 @@ RECIPES: tuple[Recipe, ...] = (
            "Faster R-CNN 320 px, MobileNetV2-FPN (ImageNet backbone, fine-tuned on COCO128 persons); split at "
            "stride 8 (32 ch), distilled bottleneck 6 ch, 8-bit",
            checkpoint="checkpoints/fasterrcnn_mobilenet_v2_320_fpn.pt",
-           split_checkpoint="checkpoints/fasterrcnn_mobilenet_v2_c6.pt"),
+           split_checkpoint="checkpoints/fasterrcnn_mobilenet_v2_c6x.pt"),
     Recipe("ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 3,
            "uint8", "SSDlite 320 px, MobileNetV3-L; split at stride 8 (40 ch), bottleneck to 3 ch, 8-bit"),
     Recipe("ssdlite320_mobilenet_v3_large_raw", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 0,

@@ -13,7 +13,8 @@ Layout (every section optional except `recipe` and `data.dir`):
 recipe: mobilenet_v2          # a name from `splitedge models`
 weights: IMAGENET1K_V1        # torchvision weights enum of the teacher (null: random init)
 output: checkpoints/x.pt      # where the checkpoint goes (written after every epoch)
-data:   {dir: ..., labels: prefix|FILE.csv|null, val_fraction: 0.2, seed: 0}
+data:   {dir: ..., labels: prefix|FILE.csv|null, val_fraction: 0.2, seed: 0,
+         extra_dirs: [...]}   # unlabeled folders, all for training: distillation needs no labels
 bottleneck: {channels: 128, hidden: 64, downsample: 2, kind: block}   # kind: conv | gdn | block
 train:
   epochs: 10
@@ -59,6 +60,9 @@ class DataConfig:
     labels: str | None = None
     val_fraction: float = 0.2
     seed: int = 0
+    # More images for the student to match the teacher on (every one trains; none is held out), so
+    # a detector fine-tuned on a few dozen labeled frames can be distilled on hundreds more.
+    extra_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass

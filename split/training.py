@@ -285,6 +285,12 @@ class Distiller:
         train_idx, val_idx = train_val_split([f.name for f in self.images.files], d.val_fraction, d.seed)
         self.train_set = self.images.subset(train_idx)
         self.val_set = self.images.subset(val_idx)
+        self.train_files = list(self.train_set.files)
+        for extra in d.extra_dirs:
+            try:
+                self.train_files += LabeledImages.from_folder(extra).files
+            except DataError as exc:
+                raise DataError(f"{self.cfg.source}: data.extra_dirs: {exc}") from None
 
     def _teacher_fn(self, with_logits: bool) -> Callable[[Tensor], dict[str, Tensor]]:
         p = self.plan
@@ -329,7 +335,7 @@ class Distiller:
     def _caches(self) -> tuple[_Cache, _Cache | None]:
         t = self.cfg.train
         directory = Path(os.path.expanduser(t.cache_dir)) if t.cache_dir else None
-        files = self.train_set.files
+        files = self.train_files
         n = len(files) * t.augment_repeats
         augment = DistillAugment(self.size, seed=t.seed)
         decoded: dict[int, Tensor] = {}  # uint8, decoded once: a few hundred small images
@@ -443,7 +449,7 @@ class Distiller:
             raise ConfigError(f"{self.cfg.source}: train.pca_init needs the split point {split_name!r} among the "
                               "loss stages (train.ghnd_stages)")
         step = max(1, cache.n // max_samples)
-        feats = torch.from_numpy(np.ascontiguousarray(cache.arrays[split_name][::step])).float()
+        feats = torch.from_numpy(np.array(cache.arrays[split_name][::step], dtype=np.float32))  # a copy: the cache is read-only
         kept = self.bottleneck.pca_init(feats)
         self.log(f"pca_init: {self.bottleneck.channels} components of {split_name}'s "
                  f"{2 ** self.bottleneck.downsample}x{2 ** self.bottleneck.downsample} blocks keep "
@@ -481,9 +487,13 @@ class Distiller:
         if ckpt.get("recipe") != self.cfg.recipe or not isinstance(saved, dict):
             raise WeightsError(f"{path} was not written by `splitedge train` for {self.cfg.recipe!r}; cannot resume")
         mine = self.cfg.to_dict()
+        defaults = DistillConfig().to_dict()  # keys added since the checkpoint was written take their defaults
         for section in ("weights", "data", "bottleneck"):
-            if saved.get(section) != mine.get(section):
-                raise WeightsError(f"cannot resume {path}: its {section} {saved.get(section)} differs from "
+            theirs = saved.get(section)
+            if isinstance(theirs, dict):
+                theirs = {**defaults[section], **theirs}
+            if theirs != mine.get(section):
+                raise WeightsError(f"cannot resume {path}: its {section} {theirs} differs from "
                                    f"{self.cfg.source}'s {mine.get(section)}")
         for key in ("trainable_head", "freeze_through", "seed", "augment_repeats", "loss", "ghnd_stages"):
             if saved["train"].get(key) != mine["train"].get(key):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import yaml
 
 from split.cli import main as split_cli
+from split.data import DataError
 from split.recipes import build
 from split.train_config import ConfigError, load_config
 from split.training import Distiller, default_ghnd_stages, fake_quantize, train
@@ -202,3 +203,39 @@ def test_bad_bottleneck_spec_in_a_checkpoint_is_a_weights_error(tmp_path):
     torch.save({"recipe": "mobilenet_v2", "bottleneck": {}, "bottleneck_spec": {"channels": 2, "colour": 1}}, path)
     with pytest.raises(WeightsError, match="unknown key 'colour'"):
         build("mobilenet_v2", checkpoint=path)
+
+
+def test_extra_dirs_add_unlabeled_training_images_and_a_bad_one_is_named(tmp_path):
+    extra = make_images(tmp_path / "unlabeled", n=5, seed=1)
+    for f in extra.iterdir():
+        f.rename(f.with_name(f"frame_{f.name}"))  # no label prefix: these need none
+    cfg = load_config(write_config(tmp_path, data={"extra_dirs": [str(extra)]}, train={"epochs": 1}))
+    logs: list[str] = []
+    distiller = Distiller(cfg, progress=False, log=logs.append)
+    assert len(distiller.train_files) == len(distiller.train_set) + 5  # every extra image trains
+    assert len(distiller.val_set) == 2  # the held-out part is the labeled folder's own
+    distiller.run()
+    assert any("training samples (9 images x 4)" in line for line in logs)
+    bad = load_config(write_config(tmp_path, data={"extra_dirs": [str(tmp_path / "nope")]}))
+    with pytest.raises(DataError, match=r"data\.extra_dirs: .*nope"):
+        Distiller(bad, progress=False, log=lambda s: None)
+
+
+def test_a_checkpoint_from_before_a_new_config_key_still_resumes(tmp_path):
+    first = load_config(write_config(tmp_path, train={"epochs": 1}))
+    train(first, progress=False, log=lambda s: None)
+    ckpt = torch.load(first.output, weights_only=True)
+    del ckpt["config"]["data"]["extra_dirs"]  # written before data.extra_dirs existed
+    torch.save(ckpt, first.output)
+    more = load_config(write_config(tmp_path, train={"epochs": 2}))
+    assert train(more, resume=True, progress=False, log=lambda s: None).epochs_run == 1
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_validates_and_names_a_known_model(path):
+    """The README's training commands point at these files; a key renamed in code must not break them."""
+    from split.recipes import get_recipe
+
+    cfg = load_config(path)
+    assert get_recipe(cfg.recipe).name == cfg.recipe
+    assert cfg.output.endswith(".pt") and cfg.train.epochs > 0
