@@ -449,7 +449,8 @@ class Distiller:
             raise ConfigError(f"{self.cfg.source}: train.pca_init needs the split point {split_name!r} among the "
                               "loss stages (train.ghnd_stages)")
         step = max(1, cache.n // max_samples)
-        feats = torch.from_numpy(np.array(cache.arrays[split_name][::step], dtype=np.float32))  # a copy: the cache is read-only
+        # np.array copies: the cache is a read-only memmap, which torch will not wrap.
+        feats = torch.from_numpy(np.array(cache.arrays[split_name][::step], dtype=np.float32))
         kept = self.bottleneck.pca_init(feats)
         self.log(f"pca_init: {self.bottleneck.channels} components of {split_name}'s "
                  f"{2 ** self.bottleneck.downsample}x{2 ** self.bottleneck.downsample} blocks keep "

@@ -18,7 +18,7 @@ import yaml
 
 from split.cli import main as split_cli
 from split.data import DataError
-from split.recipes import build
+from split.recipes import build, get_recipe
 from split.train_config import ConfigError, load_config
 from split.training import Distiller, default_ghnd_stages, fake_quantize, train
 from split.weights import WeightsError
@@ -231,11 +231,12 @@ def test_a_checkpoint_from_before_a_new_config_key_still_resumes(tmp_path):
     assert train(more, resume=True, progress=False, log=lambda s: None).epochs_run == 1
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")), ids=lambda p: p.name)
+SHIPPED_CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates_and_names_a_known_model(path):
     """The README's training commands point at these files; a key renamed in code must not break them."""
-    from split.recipes import get_recipe
-
     cfg = load_config(path)
     assert get_recipe(cfg.recipe).name == cfg.recipe
     assert cfg.output.endswith(".pt") and cfg.train.epochs > 0
