@@ -3,7 +3,10 @@
 Model compute runs in a single worker thread: torch already uses every core for one frame,
 and one worker keeps frames in order. The asyncio loop stays free for health checks and
 `Describe` while a frame computes. A bad frame gets an error `Result` for that frame; the
-stream and the server go on.
+stream and the server go on. A link probe (``Frame.probe``) is answered as soon as it is read,
+with nothing computed, so the device times its uplink and not this server. Results keep stream
+order, so a probe read behind a frame still computing waits for it; the device only probes while
+it runs a frame itself, i.e. with nothing of its own in flight (a frame it gave up on aside).
 """
 
 from __future__ import annotations
@@ -60,6 +63,13 @@ class SplitEdgeServicer(pb_grpc.SplitEdgeServicer):
         loop = asyncio.get_running_loop()
         async for frame in request_iterator:
             arrived = time.perf_counter()
+            if frame.probe and not frame.HasField("payload"):  # a link probe: answered at once, nothing computed
+                yield pb.Result(frame_id=frame.frame_id, code=0, queue_ms=(time.perf_counter() - arrived) * 1e3)
+                continue
+            if frame.probe:
+                yield pb.Result(frame_id=frame.frame_id, code=grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                                error=f"frame {frame.frame_id}: a frame carries a payload or a probe, not both")
+                continue
             served = self.registry.get(frame.payload.model)
             if served is None:
                 yield pb.Result(frame_id=frame.frame_id, code=grpc.StatusCode.NOT_FOUND.value[0],

@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hedge", action=argparse.BooleanOptionalAction, default=True,
                    help="auto mode: while a remote frame's result is awaited, run the frame on the device too and "
                         "take whichever finishes first (default: on)")
+    p.add_argument("--link-probes", action=argparse.BooleanOptionalAction, default=True,
+                   help="auto mode: measure an unused link with filler-byte probes sent beside local frames, which "
+                        "the server answers at once (default: on; off: with hedged remote frames)")
     return p
 
 
@@ -81,7 +84,7 @@ def main(command: str, argv: list[str]) -> int:
         except ValueError as exc:
             return _fail(str(exc))
         controller = Controller(costs, modes=MODES, hysteresis=args.hysteresis, probe_interval_s=args.probe_interval,
-                                hedge=args.hedge)
+                                hedge=args.hedge, link_probes=args.link_probes)
     else:
         controller = Controller(ModeCosts(0, 0, 0, 0, 0, 0, 0), modes=(args.mode,))
     client = EdgeClient(args.server) if args.mode != "local" else None

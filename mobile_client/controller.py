@@ -13,7 +13,10 @@ decision may carry a deadline (``Decision.deadline_s``): if the result is
 not back by then, serve the frame locally and report
 :meth:`Controller.missed`; if that result arrives later after all, report
 :meth:`Controller.observe_late`. Tiny round trips timed at connect go to
-:meth:`Controller.observe_rtt`.
+:meth:`Controller.observe_rtt`. A local decision may ask for a link probe
+(``Decision.probe_bytes``): send that many filler bytes to the server beside
+the frame and report its answer with :meth:`Controller.observe_probe` (or
+:meth:`Controller.probe_lost`).
 
 Decisions, and why:
 
@@ -45,13 +48,20 @@ Decisions, and why:
   plus its local continuation whatever the link, so it is the mode with the
   lowest such worst case (offload: a JPEG encode, then the whole model), which
   is also the right first guess on a fast link.
+  With link probes (the default) that frame's payload is measured before
+  the first frame instead: the client sends a link probe of its size while
+  it connects (:meth:`Controller.connect_probe`, after the RTT pings) and
+  waits a connect timeout for the answer, so the first frame is chosen
+  knowing the link (on ``5294_www.youtube.com`` the hedged first offload
+  had cost its JPEG encode for nothing: local wins every frame there).
   A prior can be given instead: ``LinkEstimator(initial_bps=..., initial_rtt_s=...)``.
   The default estimator expires samples older than ``probe_interval_s``
   (relative to the newest), so one probe after a quiet spell replaces a
   stale estimate instead of being averaged with it.
-* **Probing** — besides the remote-to-remote probes described below, a
-  frame is sent remotely as a probe (reason ``"probe"``) only when all of
-  these hold: the mode chosen for it is local (a remote choice measures the
+* **Probing** — besides the remote-to-remote probes described below, the
+  link is probed from a local frame (with a *link probe*, below; with
+  ``link_probes=False`` by sending the frame remotely, reason ``"probe"``)
+  only when all of these hold: the mode chosen for it is local (a remote choice measures the
   link anyway), a remote mode is eligible and the server is up, the
   bandwidth estimate has had no sample for ``probe_interval_s``, the
   controller has been running for ``probe_interval_s`` (a prior is trusted
@@ -63,6 +73,26 @@ Decisions, and why:
   payload size, see below). Its cost is bounded by one frame per interval;
   the client's usual per-frame timeout and local fallback bound that frame
   too.
+* **Link probes** (``link_probes=True``, the default) — a local frame
+  measures nothing, and a remote frame sent only to measure costs latency
+  whenever local was the better choice: on a trace where local wins
+  throughout (``5294_www.youtube.com``, Faster R-CNN at K = 8) the hedged
+  split probes, each 63 ms dearer than a local run, made auto 1.2 % slower
+  than local. So the local frame stays local and the decision asks for a
+  link probe of the payload size of the remote mode it stands for: filler
+  bytes the server answers at once (``Frame.probe``), sent as the local run
+  starts. The device is busy with the frame either way and the uplink is
+  idle, so the probe costs bytes, not latency; its answer is a bandwidth
+  sample like a frame's. While one is unanswered nothing remote is sent
+  (its answer is the newest news, and a payload would queue behind it;
+  reason ``"probing"`` where the steady mode is remote); an answer that
+  has not come after :data:`LINK_PROBE_TIMEOUT_INTERVALS` probe intervals is
+  given up on. Link probes also end a hysteresis hold of local against a
+  remote mode on evidence: local frames would leave the estimate frozen
+  until the time-to-trigger, so while the hold lasts a probe goes out at
+  most :data:`HOLD_PROBES_PER_INTERVAL` times per interval. Remote-to-remote
+  probes stay frames: there the uplink is busy with the steady mode's
+  payloads, so a probe beside them would not be free.
 * **Telling RTT from serialization** — the runtime times whole frames, so
   with one payload size ``bytes/B + RTT`` has two unknowns, and the
   estimator's fallback (RTT = 0) is exact for that size only: it overstates
@@ -155,7 +185,25 @@ Decisions, and why:
   late result: the mode the link as it delivered favours (the bound, set
   by the stalled payload's size, would favour whatever is smallest, and the
   controller would come back from every outage on the wrong mode; found
-  with the simulator on the AT&T traces).
+  with the simulator on the AT&T traces). Refinements, each found with the
+  simulator on the shared traces:
+
+  - *Only when the last given-up payload is in*: a late result while
+    another given-up payload is still on its way triggers nothing, since a
+    probe would queue behind that payload and time the queue.
+  - *A hedged probe only where it may win*: if even the link as it
+    delivered (or, with no sample yet, the rate the late payload itself
+    achieved) says local beats the probe's mode, the probe is a link probe
+    instead: a hedged frame would most likely pay its head for nothing
+    (``5294_www.youtube.com``, where a split payload takes ~49 s).
+  - *A near miss is not an outage*: a late result that came less than a
+    local run after its frame was given up on (a hedged offload that lost
+    by 25 ms on a slow patch, say) lifts the probe back-off, so a link that
+    is slow but delivering is probed again at once instead of 2.5 s later
+    (Norway bus/metro traces).
+  - *Back where it was*: the probe that ends a stall makes its mode the
+    steady one, so hysteresis, which is there against noise, does not hold
+    the controller on local for the interval after every stall.
 * **Hedging** (``hedge=True``, the default) — while a remote frame is in
   flight the device has nothing to do (it serves one frame at a time), so
   wherever local may serve the frame (the same condition as for a deadline)
@@ -212,6 +260,7 @@ __all__ = [
     "predict_latencies",
     "scaled",
     "hedge_local_ms",
+    "LINK_PROBE_TIMEOUT_INTERVALS",
 ]
 
 MODES: tuple[str, ...] = ("local", "split", "offload")
@@ -235,8 +284,13 @@ DEADLINE_SLACK = 1.0
 # "deadline" is not a decision's reason but a frame's: a remote frame whose result missed its deadline and was
 # served locally (the runtime's and the simulator's records say so).
 # "hedge" likewise: a hedged remote frame whose local continuation finished before its result came back.
+# A link probe unanswered this many probe intervals after it was sent is given up on (see "Link probes").
+LINK_PROBE_TIMEOUT_INTERVALS = 16
+# While hysteresis holds local against a remote mode, link probes go out at most this many times per interval.
+HOLD_PROBES_PER_INTERVAL = 5
+# "probing" is a local frame's reason when the steady mode is remote but a link probe is still unanswered.
 REASONS: frozenset[str] = frozenset({"best", "hysteresis", "probe", "no-server", "no-estimate", "accuracy",
-                                     "stalled", "deadline", "hedge"})
+                                     "stalled", "deadline", "hedge", "probing"})
 
 
 @dataclass(frozen=True)
@@ -357,6 +411,9 @@ class Decision:
     # Remote modes: also run the frame locally on the idle device while its result is awaited, and take
     # whichever finishes first (see the module docstring, "Hedging"); set wherever local may serve the frame.
     hedge: bool = False
+    # Local frames: also send a link probe of this many filler bytes (the payload size of the remote mode it
+    # stands for) and report its answer with :meth:`Controller.observe_probe` (see "Link probes"). 0: none.
+    probe_bytes: int = 0
 
 
 class Controller:
@@ -384,6 +441,7 @@ class Controller:
         deadline_factor: float | None = DEADLINE_FACTOR,
         deadline_slack: float = DEADLINE_SLACK,
         hedge: bool = True,
+        link_probes: bool = True,
     ) -> None:
         modes = tuple(modes)
         if not modes:
@@ -420,6 +478,7 @@ class Controller:
         self.deadline_factor = deadline_factor
         self.deadline_slack = deadline_slack
         self.hedge = hedge
+        self.link_probes = link_probes
 
         self._current: str | None = None
         self._held_against: str | None = None  # the better-predicted mode hysteresis is holding off, and since when
@@ -429,9 +488,14 @@ class Controller:
         self._pinged = False  # an RTT was measured with a payload-free round trip (observe_rtt)
         self._stall_misses = 0  # deadline misses since the last remote frame that came back in time
         self._link_back = False  # during a stall, a late result arrived: the link delivers again
+        self._near_miss = False  # ... and it came less than a local run after the frame was given up on
+        self._abandoned = 0  # frames given up on whose results have not come back yet
+        self._late_bps = 0.0  # the rate the last late result's payload achieved, stall included (a lower bound)
         self._last_miss_s = -math.inf
         self._started_s: float | None = None
         self._last_probe_s: float | None = None
+        self._probe_out_s: float | None = None  # when the unanswered link probe was sent
+        self._last_hold_probe_s = -math.inf
         self._failures = 0
         self._retry_at_s = -math.inf
         self._device_ratios: deque[float] = deque(maxlen=compute_window)
@@ -472,6 +536,9 @@ class Controller:
         """Decide the mode of the frame starting at ``now_s``; the decision is assumed to be carried out."""
         if self._started_s is None:
             self._started_s = now_s
+        if self._probe_out_s is not None \
+                and now_s - self._probe_out_s > LINK_PROBE_TIMEOUT_INTERVALS * self.probe_interval_s:
+            self.probe_lost(now_s)
         costs = self.effective_costs()
         bps = self.estimator.bandwidth_bps()
         rtt = self.estimator.rtt_s()
@@ -496,8 +563,10 @@ class Controller:
         local_allowed = "local" in self.modes and self.accuracy["local"] >= self.min_accuracy
         predicted = {m: v for m, v in all_pred.items() if m in shown and (m == "local" or bps is not None)}
 
-        def decide(mode: str, reason: str) -> Decision:
+        def decide(mode: str, reason: str, probe_bytes: int = 0) -> Decision:
             deadline, hedge = None, False
+            if probe_bytes:
+                self._probe_out_s = now_s
             if mode in REMOTE_MODES and local_allowed:
                 hedge = self.hedge
             if mode in REMOTE_MODES and local_allowed and self.deadline_factor is not None:
@@ -507,7 +576,7 @@ class Controller:
                 if p_ms is None:  # no bandwidth estimate yet: the frame's compute and RTT on a perfect link
                     p_ms = predict_latencies(costs, math.inf, rtt_or_0)[mode]
                 deadline = now_s + self.deadline_budget_s(p_ms, costs.t_full_device_ms)
-            return Decision(mode, predicted, reason, bps, rtt, deadline, hedge)
+            return Decision(mode, predicted, reason, bps, rtt, deadline, hedge, int(probe_bytes))
 
         if self._failures and now_s < self._retry_at_s:
             self._current = "local"
@@ -549,7 +618,21 @@ class Controller:
         if self._probed_from_local:  # the previous frame was a probe sent instead of a local frame
             self._probed_from_local = False
             self._probe_misses = self._probe_misses + 1 if chosen == "local" else 0
+        if self._probe_out_s is not None and local_allowed:
+            # A link probe is unanswered: its answer is the newest news about the link, and a payload sent now
+            # would queue behind it. Nothing remote until it is in (see "Link probes").
+            return decide("local", reason if chosen == "local" else "probing")
+        size = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
         other, min_spacing_s, cap_s = None, self.probe_interval_s, math.inf
+        stall_mode, stall_may_win = None, False
+        if chosen == "local" and remote and stalled and self._link_back:
+            # The mode a stall probe would use if the link is back: predicted from the link as it was while it
+            # delivered (the bound from the stalled payload favours whatever is smallest, not what is fastest).
+            stall_mode = min(remote, key=lambda m: (delivering.get(m, predicted.get(m, math.inf)), size[m]))
+            hint = delivering.get(stall_mode)
+            if hint is None and self._late_bps:  # no sample yet: the rate the late payload itself achieved
+                hint = predict_latencies(costs, self._late_bps, rtt_or_0)[stall_mode]
+            stall_may_win = hint is not None and hint < predicted["local"]
         if chosen in REMOTE_MODES:
             if rtt is None:  # RTT not yet told apart from serialization: measure the other size
                 other = self._rtt_probe_mode(remote, costs, raw_pred, predicted[chosen])
@@ -557,19 +640,33 @@ class Controller:
                 min_spacing_s, cap_s = 0.0, self.probe_interval_s
             elif reason == "hysteresis" and best in REMOTE_MODES:  # too close to call: measure the runner-up
                 other = best
-        elif chosen == "local" and remote and stalled and self._link_back and self._stall_probe_ok(now_s):
+        elif stall_mode is not None and (self._stall_probe_ok(now_s) or (self._near_miss and stall_may_win)):
             # A late result arrived: the link delivers again. Probe now (bounded by its deadline); probes that
-            # keep missing back off (see _stall_probe_ok), and without that evidence the usual schedule applies.
+            # keep missing back off (see _stall_probe_ok) unless the miss was a near one on a link that delivered
+            # fast enough, and without that evidence the usual schedule applies.
             self._link_back = False
-            size = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
-            # The mode it would use if the link is back: predicted from the link as it was while it delivered
-            # (the bound from the stalled payload favours whatever is smallest, not what is fastest).
-            other = min(remote, key=lambda m: (delivering.get(m, predicted.get(m, math.inf)), size[m]))
+            other = stall_mode
+            if self.link_probes and not stall_may_win:
+                # Even the link as it delivered says local: a hedged frame would most likely cost its head for
+                # nothing, and a free probe asks the same question.
+                self._last_probe_s = now_s
+                return decide(chosen, reason, probe_bytes=size[other])
             min_spacing_s, cap_s = 0.0, 0.0
         elif chosen == "local" and remote and self._probe_due(now_s):
             other = self._rtt_probe_mode(remote, costs, raw_pred, predicted["local"]) if rtt is None else None
             other = other or min(remote, key=lambda m: predicted.get(m, math.inf))
+            if self.link_probes:  # free: the frame stays local, a probe of that mode's size times the link
+                if not self._may_probe(now_s, 0.0, self.probe_interval_s):
+                    return decide(chosen, reason)
+                self._last_probe_s = now_s
+                return decide(chosen, reason, probe_bytes=size[other])
             cap_s = self.probe_interval_s * 2.0 ** min(self._probe_misses, PROBE_MAX_DOUBLINGS)
+        elif chosen == "local" and reason == "hysteresis" and best in REMOTE_MODES and self.link_probes \
+                and now_s - self._last_hold_probe_s >= self.probe_interval_s / HOLD_PROBES_PER_INTERVAL:
+            # Hysteresis holds local against a remote mode, and local frames measure nothing: a free probe keeps
+            # the estimate fresh, so the hold ends on evidence rather than on the time-to-trigger.
+            self._last_hold_probe_s = now_s
+            return decide(chosen, reason, probe_bytes=size[best])
         # (A remote mode has no prediction only in a stall met before any bandwidth estimate.)
         if other is not None and other != chosen \
                 and self._may_probe(now_s, predicted.get(other, math.inf) - predicted[chosen], min_spacing_s, cap_s):
@@ -585,12 +682,15 @@ class Controller:
         eligible: list[str],
         remote: list[str],
         rtt_s: float,
-        decide: Callable[[str, str], Decision],
+        decide: Callable[..., Decision],
     ) -> Decision:
         # Lower bound of each remote mode: its compute and the RTT on an infinitely fast link.
         bound = predict_latencies(costs, math.inf, rtt_s)
         local_ok = "local" in eligible
         nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        if local_ok and self._probe_out_s is not None:  # a link probe's answer comes first (see "Link probes")
+            self._current = "local"
+            return decide("local", "no-estimate")
         if local_ok:
             winnable = [m for m in remote if bound[m] < costs.t_full_device_ms]
             if not winnable:
@@ -600,23 +700,57 @@ class Controller:
                 could = [m for m in remote if predict_latencies(costs, math.inf, 0.0)[m] < costs.t_full_device_ms]
                 if could and rtt_s > 0 and self._probe_due_without_estimate(now_s):
                     self._last_probe_s = now_s
-                    return decide(min(could, key=lambda m: (nbytes[m], bound[m])), "probe")
+                    probe_mode = min(could, key=lambda m: (nbytes[m], bound[m]))
+                    if self.link_probes:
+                        return decide("local", "best", probe_bytes=nbytes[probe_mode])
+                    return decide(probe_mode, "probe")
                 return decide("local", "best")
             remote = winnable
-        device_ms = {"split": costs.t_head_device_ms, "offload": costs.t_jpeg_encode_ms}
-
-        def first_key(m: str) -> tuple[float, ...]:
-            if self.hedge and local_ok:  # see "Initial choice": the cheapest worst case
-                return (device_ms[m] + hedge_local_ms(costs, m), nbytes[m], bound[m])
-            return (nbytes[m], bound[m])
-
         may_measure = self._last_probe_s is None or now_s - self._last_probe_s >= self.probe_interval_s
         if may_measure or not local_ok:
             if may_measure:
                 self._last_probe_s = now_s
-            return decide(min(remote, key=first_key), "no-estimate")
+            return decide(self._first_mode(costs, remote, local_ok, rtt_s), "no-estimate")
         self._current = "local"
         return decide("local", "no-estimate")
+
+    def _first_mode(self, costs: ModeCosts, remote: list[str], local_ok: bool, rtt_s: float) -> str:
+        """The remote mode to measure an unknown link with (see "Initial choice")."""
+        bound = predict_latencies(costs, math.inf, rtt_s)
+        nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        device_ms = {"split": costs.t_head_device_ms, "offload": costs.t_jpeg_encode_ms}
+
+        def key(m: str) -> tuple[float, ...]:
+            if self.hedge and local_ok:  # the cheapest worst case
+                return (device_ms[m] + hedge_local_ms(costs, m), nbytes[m], bound[m])
+            return (nbytes[m], bound[m])
+
+        return min(remote, key=key)
+
+    def connect_probe(self, now_s: float) -> int:
+        """Bytes of a link probe to send now, while connecting, before the first frame; 0: none.
+
+        See "Initial choice": the payload of the mode the first frame would
+        otherwise be sent with to learn the link. 0 if link probes are off,
+        the bandwidth is already known (a prior), or no remote mode could win
+        on any link. A probe asked for is unanswered until
+        :meth:`observe_probe` or :meth:`probe_lost`.
+        """
+        if not self.link_probes or self.estimator.bandwidth_bps() is not None or self._probe_out_s is not None:
+            return 0
+        eligible = [m for m in self.modes if self.accuracy[m] >= self.min_accuracy]
+        remote = [m for m in eligible if m in REMOTE_MODES]
+        costs = self.effective_costs()
+        rtt_s = self.estimator.rtt_s() or 0.0
+        local_ok = "local" in eligible
+        if local_ok:
+            bound = predict_latencies(costs, math.inf, rtt_s)
+            remote = [m for m in remote if bound[m] < costs.t_full_device_ms]
+        if not remote:
+            return 0
+        mode = self._first_mode(costs, remote, local_ok, rtt_s)
+        self._probe_out_s = self._last_probe_s = now_s
+        return int(costs.bytes_split if mode == "split" else costs.bytes_jpeg)
 
     def _may_probe(self, now_s: float, excess_ms: float, min_spacing_s: float, cap_s: float = math.inf) -> bool:
         """At most one probe per ``min_spacing_s``, and fewer when probes are expensive.
@@ -692,6 +826,8 @@ class Controller:
         """Report a finished remote frame: payload bytes, send-to-result time, and the server's own time."""
         if mode not in REMOTE_MODES:
             raise ValueError(f"observe() is for remote modes {REMOTE_MODES}; use observe_local() for {mode!r}")
+        if self._stall_misses and mode in self.modes:  # a probe came back in time: the stall is over, and the
+            self._current = mode  # steady mode is the one that just delivered (hysteresis is not for coming back)
         self._stall_misses, self._link_back = 0, False  # a result in time: the stall, if any, is over
         if math.isfinite(total_s) and math.isfinite(server_s) and nbytes >= 0:
             network_s = max(0.0, total_s - server_s)
@@ -790,6 +926,7 @@ class Controller:
         if mode not in REMOTE_MODES:
             raise ValueError(f"missed() is for remote modes {REMOTE_MODES}, got {mode!r}")
         self._stall_misses += 1
+        self._abandoned += 1
         self._link_back = False
         self._last_miss_s = now_s
         self._current = "local"
@@ -810,8 +947,35 @@ class Controller:
         """
         if mode not in REMOTE_MODES:
             raise ValueError(f"observe_late() is for remote modes {REMOTE_MODES}, got {mode!r}")
-        if self._stall_misses and now_s >= self._last_miss_s:  # older news says nothing about the latest stall
+        self._abandoned = max(0, self._abandoned - 1)
+        network_s = total_s - server_s
+        if math.isfinite(network_s) and network_s > 0 and nbytes > 0:
+            self._late_bps = nbytes * 8.0 / network_s
+        # Older news says nothing about the latest stall; and while another given-up payload is still on its way,
+        # a probe would queue behind it and time that queue, not the link.
+        if self._stall_misses and now_s >= self._last_miss_s and not self._abandoned:
             self._link_back = True
+            self._near_miss = now_s - self._last_miss_s < self.effective_costs().t_full_device_ms / 1000.0
+
+    def observe_probe(self, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
+        """Report the answer to a link probe (``Decision.probe_bytes``): its bytes, send-to-answer and server time.
+
+        A bandwidth sample like a remote frame's (the probe carried as many
+        bytes as the payload it stands for), and the newest news about the
+        link: a stall met before the probe was sent is over (if the link is
+        still slow, the sample says so).
+        """
+        sent_s, self._probe_out_s = self._probe_out_s, None
+        if not (math.isfinite(total_s) and math.isfinite(server_s) and nbytes > 0):
+            return
+        if sent_s is not None and sent_s >= self._last_miss_s:
+            self._stall_misses, self._link_back = 0, False
+        self._transfers.append((now_s, int(nbytes), max(0.0, total_s - server_s)))
+        self.estimator.observe_transfer(nbytes, total_s, server_s, now_s)
+
+    def probe_lost(self, now_s: float) -> None:
+        """Report that the link probe will not be answered (not sent, refused, or the stream dropped)."""
+        self._probe_out_s = None
 
     def observe_local(self, seconds: float, now_s: float) -> None:
         """Report a finished local frame's compute time, so a throttled device is noticed."""
@@ -833,6 +997,8 @@ class Controller:
     def server_failed(self, now_s: float) -> float:
         """Record a failed connect or a stream that stopped answering; return the backoff (s) now in force."""
         self._failures += 1
+        self._probe_out_s = None  # the stream that carried it is gone
+        self._abandoned = 0  # ... and the results of frames given up on with it
         backoff = self.backoff_s()
         self._retry_at_s = now_s + backoff
         self._current = "local"

@@ -10,7 +10,8 @@ for a result can time out. Two kinds of waiting end differently:
   tells the controller, whose stall then ends sooner) instead of being mistaken for the next
   frame's. A *hedged* frame (the device runs it locally meanwhile) is sent with
   :meth:`EdgeClient.send` and polled with :meth:`EdgeClient.wait` between local stages; if the
-  local run wins, its result takes the same late path.
+  local run wins, its result takes the same late path. So does the answer to a *link probe*
+  (:meth:`EdgeClient.send_probe`), sent while the device runs a frame itself.
 * **The server stopped answering**: nothing at all has come back for ``timeout_s`` since the
   oldest frame still waiting for its result was sent (or since the last result, if later).
   Then the stream is dropped and :class:`EdgeUnavailable` raised, and the runtime goes local
@@ -29,9 +30,11 @@ import grpc
 from protos import splitedge_pb2 as pb
 from protos import splitedge_pb2_grpc as pb_grpc
 
-__all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult"]
+__all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult", "PROBE_ID_BASE"]
 
 _DONE = object()
+# Link probes (EdgeClient.send_probe) are numbered from here: frame ids (a source's frame index) stay below.
+PROBE_ID_BASE = 1 << 63
 
 
 class EdgeUnavailable(RuntimeError):
@@ -67,6 +70,7 @@ class EdgeClient:
         self._pending: dict[int, float] = {}  # frame id -> perf_counter when sent, until its result arrives
         self._late: list[LateResult] = []
         self._last_heard = -math.inf  # perf_counter of the last result received
+        self._probe_seq = 0
         self.description: pb.DescribeResponse | None = None
 
     def connect(self, timeout_s: float = 5.0) -> pb.DescribeResponse:
@@ -136,6 +140,19 @@ class EdgeClient:
         self._pending[frame.frame_id] = t0
         self._requests.put(frame)
         return t0
+
+    def send_probe(self, nbytes: int) -> tuple[int, float]:
+        """Put a link probe of ``nbytes`` filler bytes on the stream; returns its id and when it was sent.
+
+        The server answers it at once without computing, so its send-to-answer time is the link's
+        alone. Its answer is collected by :meth:`wait` or :meth:`take_late` like a frame's result. Probe
+        ids count up from :data:`PROBE_ID_BASE`, out of the way of frame ids.
+        """
+        if nbytes < 1:
+            raise ValueError(f"a link probe needs at least one byte, got {nbytes}")
+        self._probe_seq += 1
+        probe_id = PROBE_ID_BASE + self._probe_seq
+        return probe_id, self.send(pb.Frame(frame_id=probe_id, probe=bytes(nbytes)))
 
     def wait(self, frame_id: int, sent_at: float, timeout_s: float = 30.0,
              until: float = math.inf) -> tuple[pb.Result, float] | None:

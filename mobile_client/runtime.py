@@ -33,6 +33,15 @@ frame. Where the split head is a distilled copy (not the original model's module
 features do not fit the original model's later stages, and split frames are continued from the
 image with the whole model instead. The local run's extra CPU time and energy are not counted
 anywhere (not in the records, not by the controller).
+
+**Link probes** (``Decision.probe_bytes``, on local frames): before running the frame, the
+runtime puts a probe of that many filler bytes on the stream
+(:meth:`~mobile_client.edge_client.EdgeClient.send_probe`); the server answers it at once, and
+the answer is handed to :meth:`~mobile_client.controller.Controller.observe_probe` before a
+later decision, like a late result. The frame's own latency does not change: the device was
+going to run it locally anyway, and the uplink was idle. A server that refuses probes (one
+that predates them answers with an error) turns them off for the run, with a warning: the
+controller then probes with remote frames as before.
 """
 
 from __future__ import annotations
@@ -51,7 +60,7 @@ from split import SplitModel
 from split.adapters import ImageBatch, Outputs, Stage
 
 from mobile_client.controller import Controller
-from mobile_client.edge_client import DeadlineExceeded, EdgeClient, EdgeUnavailable
+from mobile_client.edge_client import DeadlineExceeded, EdgeClient, EdgeUnavailable, LateResult
 from mobile_client.sources import Frame
 
 __all__ = ["DeviceRuntime", "RuntimeOptions", "to_tensor"]
@@ -92,6 +101,7 @@ class DeviceRuntime:
         self._t0 = time.perf_counter()
         self.warnings: list[str] = []
         self._abandoned: dict[int, tuple[str, int]] = {}  # frame id -> (mode, payload bytes) of frames given up on
+        self._probes: dict[int, int] = {}  # link probe id -> its bytes, until answered
         self._stages: list[Stage] | None = None  # the original model as a stage chain (hedged local runs)
         self._resumable = False  # whether the split head is made of those stages' own modules
 
@@ -121,8 +131,32 @@ class DeviceRuntime:
         self.controller.server_ok(self._now())
         self._adopt_edge_latencies()
         self._abandoned.clear()
+        self._probes.clear()
         self._measure_rtt()
+        self._connect_probe()
         return True
+
+    def _connect_probe(self) -> None:
+        """Send the link probe the controller asks for at connect, and wait a connect timeout for its answer.
+
+        So the first frame is chosen knowing the link (the controller's "Initial
+        choice"); an answer that takes longer is handed over when it comes.
+        """
+        nbytes = self.controller.connect_probe(self._now())
+        if not nbytes:
+            return
+        try:
+            probe_id, sent = self.client.send_probe(nbytes)
+            self._probes[probe_id] = nbytes
+            got = self.client.wait(probe_id, sent, self.options.timeout_s, sent + self.options.connect_timeout_s)
+        except (EdgeUnavailable, ValueError) as exc:
+            self.controller.probe_lost(self._now())
+            self.warnings.append(f"link probe at connect failed: {exc}")
+            return
+        if got is not None:
+            result, seconds = got
+            del self._probes[probe_id]
+            self._probe_answered(LateResult(probe_id, result, seconds, sent + seconds), nbytes)
 
     def _measure_rtt(self) -> None:
         """Time a few tiny round trips on the fresh channel; the fastest is what the link adds to any message."""
@@ -140,11 +174,39 @@ class DeviceRuntime:
         if self.client is None or not self.client.connected:
             return
         for late in self.client.take_late():
+            nbytes = self._probes.pop(late.frame_id, None)
+            if nbytes is not None:
+                self._probe_answered(late, nbytes)
+                continue
             abandoned = self._abandoned.pop(late.frame_id, None)
             if abandoned is not None:
                 mode, nbytes = abandoned
                 server_s = (late.result.server_ms + late.result.queue_ms) / 1e3
                 self.controller.observe_late(mode, nbytes, late.seconds, server_s, late.arrived - self._t0)
+
+    def _probe_answered(self, late: LateResult, nbytes: int) -> None:
+        at = late.arrived - self._t0
+        if late.result.code != 0:  # a server without link probes: probe with frames instead
+            self.controller.probe_lost(at)
+            self.controller.link_probes = False
+            self.warnings.append(f"the edge refused a link probe ({_code_name(late.result.code)}: "
+                                 f"{late.result.error}); probing with frames instead")
+            return
+        server_s = (late.result.server_ms + late.result.queue_ms) / 1e3
+        self.controller.observe_probe(nbytes, late.seconds, server_s, at)
+
+    def _send_probe(self, nbytes: int, record: dict[str, Any]) -> None:
+        """Put a link probe on the stream beside a local frame (see the module docstring)."""
+        if not self._connected():
+            self.controller.probe_lost(self._now())
+            return
+        try:
+            self._probes[self.client.send_probe(nbytes)[0]] = nbytes
+        except (EdgeUnavailable, ValueError) as exc:  # not sent: the frame goes on locally all the same
+            self.controller.probe_lost(self._now())
+            self.warnings.append(f"link probe not sent: {exc}")
+            return
+        record["probe_bytes"] = nbytes
 
     def _adopt_edge_latencies(self) -> None:
         """Plan with the edge's own measured times (from `Describe`) instead of the device's."""
@@ -171,11 +233,13 @@ class DeviceRuntime:
                                   "mode": decision.mode,
                                   "reason": decision.reason, "payload_bytes": 0, "head_ms": 0.0,
                                   "network_ms": 0.0, "server_ms": 0.0, "e2e_ms": 0.0, "detections": [],
-                                  "error": None, "fallback": False, "filtered": False}
+                                  "error": None, "fallback": False, "filtered": False, "probe_bytes": 0}
         if decision.reason == "no-server" or (decision.mode != "local" and not self._connected()):
             record["fallback"] = True  # the frame wanted the edge; local serves it meanwhile
             self._run_local(image, record, now)
         elif decision.mode == "local":
+            if decision.probe_bytes > 0:
+                self._send_probe(decision.probe_bytes, record)
             self._run_local(image, record, now)
         else:
             self._run_remote(decision.mode, frame, image, record, now, decision.deadline_s, decision.hedge)

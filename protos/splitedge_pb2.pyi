@@ -49,12 +49,14 @@ class Payload(_message.Message):
     def __init__(self, model: _Optional[str] = ..., split_point: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., original_size: _Optional[_Union[Size, _Mapping]] = ..., image_size: _Optional[_Union[Size, _Mapping]] = ..., batch_size: _Optional[_Union[Size, _Mapping]] = ..., split_size: _Optional[_Union[Size, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("frame_id", "payload")
+    __slots__ = ("frame_id", "payload", "probe")
     FRAME_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     frame_id: int
     payload: Payload
-    def __init__(self, frame_id: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
+    probe: bytes
+    def __init__(self, frame_id: _Optional[int] = ..., payload: _Optional[_Union[Payload, _Mapping]] = ..., probe: _Optional[bytes] = ...) -> None: ...
 
 class Detection(_message.Message):
     __slots__ = ("x1", "y1", "x2", "y2", "label", "score")

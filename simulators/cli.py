@@ -111,6 +111,9 @@ def _simulate(argv: list[str]) -> int:
     parser.add_argument("--hedge", action=argparse.BooleanOptionalAction, default=True,
                         help="auto: run each remote frame locally too while its result is awaited and take whichever "
                              "finishes first (default: on; the fixed policies and the oracle never hedge)")
+    parser.add_argument("--link-probes", action=argparse.BooleanOptionalAction, default=True,
+                        help="auto: measure an unused link with filler-byte probes sent beside local frames, which "
+                             "the server answers at once (default: on; off: with hedged remote frames)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -168,7 +171,7 @@ def _simulate_setup(args: argparse.Namespace):
     down = load_trace(args.down_trace) if args.down_trace else None
     config = SimConfig(costs, fps=args.fps, frames=args.frames, delay_ms=args.delay_ms, down_trace=down,
                        jitter_ms=args.jitter_ms, loss=args.loss, seed=args.seed,
-                       controller_factory=None if args.hedge else (lambda c: Controller(c, hedge=False)))
+                       controller_factory=lambda c: Controller(c, hedge=args.hedge, link_probes=args.link_probes))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -257,15 +260,16 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
     with open(out / "frames.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("trace", "policy", "frame", "mode", "reason", "arrival_s", "start_s", "done_s", "e2e_ms",
-                    "queue_ms", "device_ms", "network_ms", "edge_ms", "payload_bytes"))
+                    "queue_ms", "device_ms", "network_ms", "edge_ms", "payload_bytes", "probe_bytes"))
         for (label, policy), recs in records.items():
             w.writerows((label, policy, r.frame, r.mode, r.reason, f"{r.arrival_s:.4f}", f"{r.start_s:.4f}",
                          f"{r.done_s:.4f}", f"{r.e2e_ms:.3f}", f"{r.queue_ms:.3f}", f"{r.device_ms:.3f}",
-                         f"{r.network_ms:.3f}", f"{r.edge_ms:.3f}", r.payload_bytes) for r in recs)
+                         f"{r.network_ms:.3f}", f"{r.edge_ms:.3f}", r.payload_bytes, r.probe_bytes) for r in recs)
     setting = (f"{args.model}, device x{args.device_slowdown:g}, {args.fps:g} fps, {args.frames} frames, "
                f"delay {args.delay_ms:g} ms")
     plot_sweep(sweep_rows, wins, out / "sweep.png", title=f"Latency vs uplink bandwidth ({setting})")
     labels = [label for label, _ in traces]
+    connect_s = {label: round(records[(label, policies[0])][0].arrival_s, 4) for label in labels}
     e2e = {key: np.fromiter((r.e2e_ms for r in recs), float, len(recs)) for key, recs in records.items()}
     cdf_files = plot_cdfs(e2e, labels, policies, out / "cdf.png", title=f"Latency CDF per trace ({setting})")
     (out / "run.json").write_text(json.dumps({
@@ -273,7 +277,10 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
         "costs_ms_bytes": dataclasses.asdict(config.costs),
         "split_wins_mbps": [[lo, hi] for lo, hi in wins],
         "auto_hedged": bool(args.hedge),
+        "auto_link_probes": bool(args.link_probes),
         "elapsed_s": round(elapsed, 2),
+        # when each trace's first frame arrived: the connect phase (pings and auto's link probe) before it
+        "connect_s": connect_s,
     }, indent=1) + "\n")
 
     _print_table(summaries, policies)
@@ -283,6 +290,9 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
               f"(swept {sweep_mbps[0]:g}-{sweep_mbps[-1]:g})")
     else:
         print(f"split never beats both local and offload on a constant uplink in {sweep_mbps[0]:g}-{sweep_mbps[-1]:g} Mbit/s")
+    slowest = max(connect_s, key=connect_s.get)
+    print(f"connect phase before the first frame (pings, link probe): median {np.median(list(connect_s.values())):.3f} s, "
+          f"longest {connect_s[slowest]:.3f} s ({slowest})")
     files = ["summary.csv", "sweep.csv", "frames.csv", "sweep.png", *(f.name for f in cdf_files), "run.json"]
     print(f"wrote {', '.join(files)} to {out} in {elapsed:.1f} s")
     return 0

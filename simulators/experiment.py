@@ -9,7 +9,15 @@ times, so a simulated figure and a live run (``splitedge run`` behind
 
 Model, and why each choice was made:
 
-* **Frames and queueing.**  Frame ``i`` arrives at ``i / fps``.  The device
+* **Session start.**  As the live client connects before its first frame,
+  each run starts with the connect phase of ``auto``'s client
+  (:func:`_connect`): :data:`RTT_PINGS` tiny round trips, then the link
+  probe its controller asks for, each waited for at most
+  :data:`PING_TIMEOUT_S`. Frame ``i`` arrives at ``ready + i / fps``,
+  ``ready`` the end of that phase, for *every* policy, so that all of them
+  see their frames at the same times on the trace (the connect phase itself
+  is no frame's latency; ``run.json`` and the CLI say how long it took).
+* **Frames and queueing.**  Frame ``i`` arrives at ``ready + i / fps``.  The device
   serves one frame at a time and waits for a frame's result before starting
   the next, exactly like :class:`mobile_client.runtime.DeviceRuntime`, so a
   frame starts at ``max(arrival, previous done)`` and ``e2e = done -
@@ -39,13 +47,16 @@ Model, and why each choice was made:
   it: ``choose(start)``; for a remote frame ``observe(mode, payload_bytes,
   send-to-result seconds, edge seconds, now=done)``; for a local frame
   ``observe_local(device seconds, now=start)``.  Before the first frame
-  it is told the fastest of :data:`RTT_PINGS` tiny round trips
-  (:data:`DESCRIBE_BYTES` up, ``result_bytes`` down, one after the other
-  from t = 0 on the same links), as the live client times its ``Describe``
-  calls when it connects: the RTT is then known after a few round trips
-  instead of being worked out from the first frames' two payload sizes.
-  It is given at the first decision after the last ping is back (the live
-  client connects before its first frame; the trace has no time before 0).
+  it is told the fastest of the connect phase's round trips
+  (:data:`DESCRIBE_BYTES` up, ``result_bytes`` down), as the live client
+  times its ``Describe`` calls, and the answer to its connect probe, so its
+  first frame is chosen knowing the link. **Link probes** the controller
+  asks for beside a local frame (``Decision.probe_bytes``) are sent on the
+  uplink as the frame starts and answered by the server at once
+  (:data:`PROBE_REPLY_BYTES` down); the answer is reported with
+  :meth:`~mobile_client.controller.Controller.observe_probe` at the first
+  decision after it arrives. They occupy the uplink like any payload and
+  count in ``mean_bytes``; they cost the frame nothing else.
   **Deadlines**, as in the runtime: a remote frame whose result is not back
   by the decision's ``deadline_s`` is served locally from that moment (mode
   ``local``, reason ``"deadline"``; its device time is the head plus the
@@ -122,7 +133,9 @@ POLICIES: tuple[str, ...] = ("local", "split", "offload", "auto", "oracle")
 FIXED_POLICIES: tuple[str, ...] = ("local", "split", "offload")
 RESULT_BYTES = 300  # a handful of detections in a protobuf Result
 DESCRIBE_BYTES = 100  # an empty DescribeRequest with its gRPC/HTTP2 framing (the reply: ``result_bytes``)
+PROBE_REPLY_BYTES = 30  # a link probe's answer: an empty Result with its framing
 RTT_PINGS = 3  # Describe calls timed at connect, as mobile_client.runtime.RuntimeOptions.rtt_pings
+PING_TIMEOUT_S = 5.0  # ... each given up on after this long, as RuntimeOptions.connect_timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +152,7 @@ class FrameRecord:
     network_ms: float    # uplink + downlink, queueing and delay included
     edge_ms: float
     payload_bytes: int
+    probe_bytes: int = 0  # a link probe sent beside this (local) frame (auto only)
 
     @property
     def e2e_ms(self) -> float:
@@ -246,32 +260,25 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
 
     records: list[FrameRecord] = []
     interval = 1.0 / config.fps
-    free_at = 0.0
-    late: list[tuple[float, str, int, float, float]] = []  # results of abandoned frames, not yet arrived
+    # Answers not yet arrived: (at, kind, mode, bytes, send-to-answer s, edge s); kind "late" (an abandoned
+    # frame's result) or "probe" (a link probe's answer).
+    late: list[tuple[float, str, str, int, float, float]] = []
+    ready = _connect(up, down, result_bytes, controller, config, late)
+    free_at = ready
 
     def report_late(now: float) -> None:
-        """Tell the controller what it has learnt by ``now``: the connect-time RTT, abandoned frames' results."""
-        nonlocal rtt_known_at
-        if now >= rtt_known_at:
-            controller.observe_rtt(rtt_best, rtt_known_at)
-            rtt_known_at = math.inf
+        """Tell the controller what it has learnt by ``now``: late results and link probes' answers."""
         while late and late[0][0] <= now:
-            at, mode_, nbytes_, total_s, edge_s_ = late.pop(0)
-            controller.observe_late(mode_, nbytes_, total_s, edge_s_, at)
+            at, kind, mode_, nbytes_, total_s, edge_s_ = late.pop(0)
+            if kind == "probe":
+                controller.observe_probe(nbytes_, total_s, edge_s_, at)
+            else:
+                controller.observe_late(mode_, nbytes_, total_s, edge_s_, at)
 
-    rtt_known_at, rtt_best = math.inf, math.inf
-    if controller is not None:
-        # What the live client learns when it connects: RTT_PINGS tiny round trips one after the other (its
-        # Describe calls), the fastest reported once the last is back. Peeked: they leave the links as they were.
-        t = 0.0
-        for _ in range(RTT_PINGS):
-            back = down.peek(result_bytes, up.peek(DESCRIBE_BYTES, t).arrival_s).arrival_s
-            rtt_best, t = min(rtt_best, back - t), back
-        rtt_known_at = t
     for i in range(config.frames):
-        arrival = i * interval
+        arrival = ready + i * interval
         start = arrival if arrival > free_at else free_at
-        deadline, hedge = None, False
+        deadline, hedge, probe_bytes = None, False, 0
         if policy == "oracle":
             # Earliest completion in hindsight; ties go to the mode that sends fewer bytes.
             mode = min(FIXED_POLICIES, key=lambda m: (run(m, start, commit=False)[0], table[m][1]))
@@ -280,6 +287,13 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
             report_late(start)
             decision = controller.choose(start)
             mode, reason, deadline, hedge = decision.mode, decision.reason, decision.deadline_s, decision.hedge
+            if mode == "local" and decision.probe_bytes > 0:
+                # A link probe, sent as the local run starts: it occupies the uplink like any payload, and the
+                # server answers it at once.
+                probe_bytes = decision.probe_bytes
+                answered = down.send(PROBE_REPLY_BYTES, up.send(probe_bytes, start).arrival_s).arrival_s
+                late.append((answered, "probe", mode, probe_bytes, answered - start, 0.0))
+                late.sort()
         else:
             mode, reason = policy, policy
         done, dev_s, net_s = run(mode, start, commit=True)
@@ -292,7 +306,7 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                     # The local continuation won the race: the frame is served from it; the payload and its
                     # result still travel (reported late), and the controller treats it as a missed deadline.
                     report_late(local_done)
-                    late.append((done, mode, table[mode][1], done - sent, table[mode][2]))
+                    late.append((done, "late", mode, table[mode][1], done - sent, table[mode][2]))
                     late.sort()
                     controller.missed(mode, table[mode][1], local_done - sent, local_done)
                     records.append(FrameRecord(i, "local", "hedge", arrival, start, local_done,
@@ -305,7 +319,7 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 # served locally; the payload and its result still travel.
                 gave_up = max(deadline, sent)
                 report_late(gave_up)  # what arrived while waiting is older news than this miss
-                late.append((done, mode, table[mode][1], done - sent, table[mode][2]))
+                late.append((done, "late", mode, table[mode][1], done - sent, table[mode][2]))
                 late.sort()
                 controller.missed(mode, table[mode][1], gave_up - sent, gave_up)
                 local_s = table["local"][0]
@@ -320,15 +334,52 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 report_late(done)
                 controller.observe(mode, table[mode][1], done - start - dev_s, table[mode][2], done)
         records.append(FrameRecord(i, mode, reason, arrival, start, done, dev_ms, net_s * 1e3, edge_ms,
-                                   table[mode][1]))
+                                   table[mode][1], probe_bytes))
         free_at = done
     return records
 
 
+def _connect(up: Link, down: Link, result_bytes: int, controller: Controller | None, config: SimConfig,
+             late: list) -> float:
+    """The session's start, as the live client's ``connect``: when its first frame may start (s on the trace).
+
+    The client times :data:`RTT_PINGS` tiny round trips one after the other
+    (its ``Describe`` calls, each given up on after :data:`PING_TIMEOUT_S`),
+    then sends the link probe its controller asks for
+    (:meth:`~mobile_client.controller.Controller.connect_probe`) and waits
+    for the answer as long again. All of it is timed for every policy, so
+    that all of them see their frames at the same times on the trace; for
+    ``auto`` the controller is told (an answer that comes after the wait is
+    told later, like any probe's) and the probe occupies the uplink, for the
+    others the links are only peeked. ``controller`` is ``auto``'s, ``None``
+    for the other policies.
+    """
+    ready, rtt_best = 0.0, math.inf
+    for _ in range(RTT_PINGS):
+        back = down.peek(result_bytes, up.peek(DESCRIBE_BYTES, ready).arrival_s).arrival_s
+        if back - ready > PING_TIMEOUT_S:
+            return ready + PING_TIMEOUT_S  # the server is presumed unreachable: no probe either
+        rtt_best, ready = min(rtt_best, back - ready), back
+    client = controller if controller is not None else (config.controller_factory or Controller)(config.costs)
+    client.observe_rtt(rtt_best, ready)
+    nbytes = client.connect_probe(ready)
+    if not nbytes:
+        return ready
+    send_up, send_down = (up.send, down.send) if controller is not None else (up.peek, down.peek)
+    answered = send_down(PROBE_REPLY_BYTES, send_up(nbytes, ready).arrival_s).arrival_s
+    if answered - ready > PING_TIMEOUT_S:
+        if controller is not None:
+            late.append((answered, "probe", "local", nbytes, answered - ready, 0.0))
+        return ready + PING_TIMEOUT_S
+    if controller is not None:
+        controller.observe_probe(nbytes, answered - ready, 0.0, answered)
+    return answered
+
+
 def summarize(trace_name: str, policy: str, records: Sequence[FrameRecord]) -> Summary:
-    """Mean/median/95th percentile of e2e, mean payload bytes, and how often each mode ran."""
+    """Mean/median/95th percentile of e2e, mean bytes sent (payloads and link probes), how often each mode ran."""
     e2e = np.fromiter((r.e2e_ms for r in records), dtype=float, count=len(records))
-    nbytes = np.fromiter((r.payload_bytes for r in records), dtype=float, count=len(records))
+    nbytes = np.fromiter((r.payload_bytes + r.probe_bytes for r in records), dtype=float, count=len(records))
     share = {m: sum(r.mode == m for r in records) / len(records) for m in FIXED_POLICIES}
     return Summary(trace_name, policy, len(records), float(e2e.mean()), float(np.percentile(e2e, 50)),
                    float(np.percentile(e2e, 95)), float(nbytes.mean()), share)

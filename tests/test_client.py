@@ -126,3 +126,73 @@ def test_a_hedged_local_run_gives_the_whole_models_outputs(name):
         assert n > 5  # cancellable between stages
         for key in ("boxes", "labels", "scores"):
             assert torch.allclose(out[key].float(), expected[key].float(), atol=1e-4), key
+
+
+def test_link_probes_go_beside_local_frames_and_their_answers_reach_the_controller(server):
+    # A controller that asks for a link probe with every local frame: the frame is served locally as asked, the
+    # probe goes through the real server, and its answer comes back as a bandwidth sample of the probe's size.
+    from mobile_client.controller import Controller, Decision, ModeCosts
+    from mobile_client.edge_client import EdgeClient
+    from mobile_client.runtime import DeviceRuntime, RuntimeOptions
+    from mobile_client.sources import open_source
+    from split.recipes import build
+
+    class ProbingController(Controller):
+        def choose(self, now_s: float) -> Decision:
+            super().choose(now_s)
+            return Decision("local", reason="best", probe_bytes=20_000)
+
+        def observe_probe(self, nbytes, total_s, server_s, now_s):
+            self.answers.append((nbytes, total_s, server_s, now_s))
+            super().observe_probe(nbytes, total_s, server_s, now_s)
+
+    model, _ = build(MODEL)
+    # A device 5 s per frame: remote could win whatever the server's Describe says its own times are.
+    ctl = ProbingController(ModeCosts(5000, 10, 10, 10, 1, 20_000, 60_000))
+    ctl.answers = []
+    client = EdgeClient(server.target)
+    runtime = DeviceRuntime(model, ctl, client, RuntimeOptions(rtt_pings=1))
+    try:
+        assert runtime.connect()
+        records = [runtime.process(frame) for frame in open_source(str(SAMPLES), 3)]
+    finally:
+        client.close()
+    assert [r["mode"] for r in records] == ["local"] * 3 and all(r["detections"] for r in records)
+    assert [r["probe_bytes"] for r in records] == [20_000] * 3
+    # First the probe sent while connecting, the size of the JPEG the first frame would otherwise have been sent
+    # as (offload's hedged worst case, 5001 ms, is below split's 5010 ms), answered before the first frame; then
+    # one per frame, each answered while its frame runs and handed over before the next decision.
+    assert [a[0] for a in ctl.answers][:3] == [60_000, 20_000, 20_000]
+    for nbytes, total_s, server_s, now_s in ctl.answers:
+        assert 0 < total_s < 5 and 0 <= server_s < total_s and now_s > 0
+    assert ctl.estimator.bandwidth_bps() is not None  # the answers became bandwidth samples
+    assert not runtime.warnings
+
+
+def test_a_server_that_refuses_link_probes_turns_them_off_with_a_warning():
+    # A server from before link probes answers one as a frame for model '' (NOT_FOUND): the runtime stops asking
+    # for them, and the controller probes with remote frames again.
+    import time
+
+    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.edge_client import PROBE_ID_BASE, LateResult
+    from mobile_client.runtime import DeviceRuntime
+    from protos import splitedge_pb2 as pb
+    from split.recipes import build
+
+    probe_id = PROBE_ID_BASE + 1
+
+    class OldServerClient:
+        connected = True
+
+        def take_late(self):
+            refused = pb.Result(frame_id=probe_id, code=5, error="unknown model ''; served: x")
+            return [LateResult(probe_id, refused, 0.01, time.perf_counter())]
+
+    ctl = Controller(ModeCosts(100, 10, 10, 10, 1, 20_000, 60_000))
+    runtime = DeviceRuntime(build(MODEL)[0], ctl, OldServerClient())
+    runtime._probes[probe_id] = 20_000
+    runtime._report_late()
+    assert not ctl.link_probes and ctl.estimator.bandwidth_bps() is None
+    assert runtime.warnings == ["the edge refused a link probe (NOT_FOUND: unknown model ''; served: x); "
+                                "probing with frames instead"]

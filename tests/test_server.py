@@ -97,3 +97,20 @@ def test_stream_survives_a_client_that_goes_away(stub, payloads, server):
     assert next(call).frame_id == 7
     call.cancel()
     assert server.alive() and _healthy(channel)
+
+
+def test_link_probes_are_answered_at_once_without_compute(stub, payloads):
+    s, channel = stub
+    split_payload, _ = payloads
+    frames = [pb.Frame(frame_id=1, probe=bytes(50_000)),
+              pb.Frame(frame_id=2, payload=split_payload),
+              pb.Frame(frame_id=3, probe=bytes(10), payload=split_payload),  # one or the other, not both
+              pb.Frame(frame_id=4, probe=bytes(1))]
+    results = list(s.Infer(iter(frames), timeout=60))
+    assert [r.frame_id for r in results] == [1, 2, 3, 4]
+    for probe in (results[0], results[3]):
+        assert probe.code == 0 and not probe.detections and probe.server_ms == 0 and probe.queue_ms >= 0
+    assert results[1].code == 0 and results[1].detections
+    assert results[2].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "a payload or a probe, not both" in results[2].error
+    assert _healthy(channel)

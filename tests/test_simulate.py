@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mobile_client.controller import REASONS, ModeCosts, predict_latencies
+from mobile_client.controller import REASONS, Controller, ModeCosts, predict_latencies
 from simulators.experiment import (
     FIXED_POLICIES,
     POLICIES,
@@ -81,10 +82,18 @@ def test_auto_finds_the_best_fixed_policy_on_constant_links(mbps, best):
     assert min(FIXED_POLICIES, key=means.get) == best
     auto = summarize("", "auto", simulate(trace, "auto", config))
     assert auto.mode_share[best] >= 0.95
-    # The price of not knowing the link: one measuring frame at the start, then probes. On a
-    # link where a split payload takes 1.7 s (0.05 Mbit/s), that is ~20 %, not a ratchet.
-    assert means["auto"] <= (1.3 if best == "local" else 1.05) * means[best]
+    # The price of not knowing the link: one measuring frame at the start, then probes.
+    assert means["auto"] <= 1.05 * means[best]
     assert means["oracle"] <= means["auto"] + 1e-6
+    if best == "local":
+        # A split payload takes 1.7 s here, and every probe is a link probe beside a local frame: free. What is
+        # left is the first frame's hedged offload, which cost its JPEG encode (and, the device being
+        # overloaded at 5 fps, every later frame waits that much longer too).
+        assert means["auto"] <= means["local"] + COSTS.t_jpeg_encode_ms + 1e-6
+        # Probing with hedged remote frames instead cost ~2 % here.
+        remote_probes = replace(config, controller_factory=lambda c: Controller(c, link_probes=False))
+        probed = summarize("", "auto", simulate(trace, "auto", remote_probes))
+        assert probed.mean_e2e_ms > means["local"] + 5 * COSTS.t_jpeg_encode_ms
 
 
 def test_auto_drives_the_live_controller_and_follows_a_step():
@@ -316,19 +325,63 @@ def test_hedging_bounds_the_worst_frame_by_about_a_local_run_on_a_link_with_outa
     assert worst[False] > 1.8 * local_ms
 
 
-def test_the_controller_knows_the_rtt_from_pings_before_its_second_frame():
+def test_the_session_starts_as_the_live_clients_connect_pings_then_a_link_probe():
     from mobile_client.controller import Controller
 
     seen = []
 
     class Recording(Controller):
         def observe_rtt(self, rtt_s, now_s):
-            seen.append((rtt_s, now_s))
+            seen.append(("rtt", rtt_s, now_s))
             super().observe_rtt(rtt_s, now_s)
 
+        def observe_probe(self, nbytes, total_s, server_s, now_s):
+            seen.append(("probe", nbytes, now_s))
+            super().observe_probe(nbytes, total_s, server_s, now_s)
+
     config = SimConfig(COSTS, fps=5.0, frames=3, delay_ms=DELAY_MS, controller_factory=Recording)
-    records = simulate(load_trace("const:20"), "auto", config)
-    [(rtt, at)] = seen
+    trace = load_trace("const:20")
+    records = simulate(trace, "auto", config)
+    [(kind1, rtt, at), (kind2, nbytes, answered)] = seen
+    assert (kind1, kind2) == ("rtt", "probe")
     assert rtt == pytest.approx(2 * DELAY_MS / 1e3, rel=0.01)  # a tiny message each way: the propagation RTT
-    assert at == pytest.approx(3 * rtt, rel=0.01) and at < records[1].start_s  # three pings, one after the other
-    assert records[0].reason == "no-estimate"  # the bandwidth still takes one frame to learn
+    assert at == pytest.approx(3 * rtt, rel=0.01)  # three pings, one after the other
+    # Then a probe the size of the payload the first frame would otherwise have measured the link with (offload:
+    # its hedged worst case, 5 + 300 ms, is below split's 40 + 300 ms): 50 KB + headers at 20 Mbit/s, and the RTT.
+    assert nbytes == COSTS.bytes_jpeg
+    assert answered - at == pytest.approx(51_400 * 8 / 20e6 + rtt, rel=0.02)
+    assert records[0].arrival_s == answered and records[0].reason == "best"  # the first frame knows the link
+    # Every policy's frames start then, so that all of them see the same stretch of the trace.
+    assert [r.arrival_s for r in simulate(trace, "local", config)] == [r.arrival_s for r in records]
+
+
+def test_the_shipped_detector_meets_both_controller_targets_on_every_shared_trace(tmp_path):
+    # The targets, as the README measures them: the shipped Faster R-CNN profile, a Raspberry Pi 4
+    # (K = 8), 1 fps, 600 frames, every uplink trace in the shared data: auto <= 1.10 x the oracle and <= the
+    # best fixed policy on each. Deterministic (no jitter or loss), so any change in the figures shows here.
+    folder = shared_data() / "traces"
+    if not folder.is_dir():
+        pytest.skip(f"no shared traces at {folder} (set SPLITEDGE_DATA to the data folder)")
+    profile = str(Path(__file__).resolve().parents[1] / "profiles" / "fasterrcnn_mobilenet_v2_320_fpn.json")
+    out = tmp_path / "out"
+    assert splitedge(["simulate", "--model", "fasterrcnn_mobilenet_v2_320_fpn", "--device-profile", profile,
+                      "--edge-profile", profile, "--trace", str(folder), "--policies",
+                      "local,split,offload,auto,oracle", "--fps", "1", "--frames", "600", "--device-slowdown", "8",
+                      "--sweep-mbps", "0.1,100,4", "--out", str(out)]) == 0
+    means: dict[str, dict[str, float]] = {}
+    with open(out / "summary.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            means.setdefault(row["trace"], {})[row["policy"]] = float(row["mean_e2e_ms"])
+    assert len(means) >= 20
+    for trace, m in means.items():
+        assert m["auto"] <= 1.10 * m["oracle"], (trace, m)
+        assert m["auto"] <= min(m["local"], m["split"], m["offload"]) + 1e-9, (trace, m)
+
+
+def test_the_simulated_connect_is_the_live_clients():
+    # The simulator may import only the controller from mobile_client (DESIGN.md §2), so it repeats the runtime's
+    # connect settings; they must stay the runtime's defaults.
+    from mobile_client.runtime import RuntimeOptions
+    from simulators.experiment import PING_TIMEOUT_S, RTT_PINGS
+
+    assert (RTT_PINGS, PING_TIMEOUT_S) == (RuntimeOptions().rtt_pings, RuntimeOptions().connect_timeout_s)
