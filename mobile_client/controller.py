@@ -198,12 +198,17 @@ Decisions, and why:
     (``5294_www.youtube.com``, where a split payload takes ~49 s).
   - *A near miss is not an outage*: a late result that came less than a
     local run after its frame was given up on (a hedged offload that lost
-    by 25 ms on a slow patch, say) lifts the probe back-off, so a link that
-    is slow but delivering is probed again at once instead of 2.5 s later
+    by 25 ms on a slow patch, say) lifts the probe back-off where the link
+    as it delivered says the probe's mode beats local, so a link that is
+    slow but delivering is probed again at once instead of 2.5 s later
     (Norway bus/metro traces).
-  - *Back where it was*: the probe that ends a stall makes its mode the
-    steady one, so hysteresis, which is there against noise, does not hold
-    the controller on local for the interval after every stall.
+  - *Back where it was*: a remote frame that comes back in time ends the
+    stall and makes its mode the steady one, so hysteresis, which is there
+    against noise, does not hold the controller on local for the interval
+    after every stall. (A link probe that ends a stall leaves the steady
+    mode local: the next decision weighs its sample as usual.)
+  - *Nothing queued behind a given-up payload*: no link probe either, on
+    schedule or during a hysteresis hold, while one is still on its way.
 * **Hedging** (``hedge=True``, the default) — while a remote frame is in
   flight the device has nothing to do (it serves one frame at a time), so
   wherever local may serve the frame (the same condition as for a deadline)
@@ -286,6 +291,9 @@ DEADLINE_SLACK = 1.0
 # "hedge" likewise: a hedged remote frame whose local continuation finished before its result came back.
 # A link probe unanswered this many probe intervals after it was sent is given up on (see "Link probes").
 LINK_PROBE_TIMEOUT_INTERVALS = 16
+# A probe answer whose send time (arrival - total) is this much before the awaited probe's is an older probe's:
+# the caller's clocks for the decision and for the send differ by the time it takes to put the probe on the wire.
+PROBE_CLOCK_SLACK_S = 0.05
 # While hysteresis holds local against a remote mode, link probes go out at most this many times per interval.
 HOLD_PROBES_PER_INTERVAL = 5
 # "probing" is a local frame's reason when the steady mode is remote but a link probe is still unanswered.
@@ -652,7 +660,7 @@ class Controller:
                 self._last_probe_s = now_s
                 return decide(chosen, reason, probe_bytes=size[other])
             min_spacing_s, cap_s = 0.0, 0.0
-        elif chosen == "local" and remote and self._probe_due(now_s):
+        elif chosen == "local" and remote and self._probe_due(now_s) and not self._abandoned:
             other = self._rtt_probe_mode(remote, costs, raw_pred, predicted["local"]) if rtt is None else None
             other = other or min(remote, key=lambda m: predicted.get(m, math.inf))
             if self.link_probes:  # free: the frame stays local, a probe of that mode's size times the link
@@ -662,6 +670,7 @@ class Controller:
                 return decide(chosen, reason, probe_bytes=size[other])
             cap_s = self.probe_interval_s * 2.0 ** min(self._probe_misses, PROBE_MAX_DOUBLINGS)
         elif chosen == "local" and reason == "hysteresis" and best in REMOTE_MODES and self.link_probes \
+                and not self._abandoned \
                 and now_s - self._last_hold_probe_s >= self.probe_interval_s / HOLD_PROBES_PER_INTERVAL:
             # Hysteresis holds local against a remote mode, and local frames measure nothing: a free probe keeps
             # the estimate fresh, so the hold ends on evidence rather than on the time-to-trigger.
@@ -749,8 +758,10 @@ class Controller:
         if not remote:
             return 0
         mode = self._first_mode(costs, remote, local_ok, rtt_s)
-        self._probe_out_s = self._last_probe_s = now_s
-        return int(costs.bytes_split if mode == "split" else costs.bytes_jpeg)
+        nbytes = int(costs.bytes_split if mode == "split" else costs.bytes_jpeg)
+        if nbytes > 0:
+            self._probe_out_s = self._last_probe_s = now_s
+        return nbytes
 
     def _may_probe(self, now_s: float, excess_ms: float, min_spacing_s: float, cap_s: float = math.inf) -> bool:
         """At most one probe per ``min_spacing_s``, and fewer when probes are expensive.
@@ -963,12 +974,16 @@ class Controller:
         A bandwidth sample like a remote frame's (the probe carried as many
         bytes as the payload it stands for), and the newest news about the
         link: a stall met before the probe was sent is over (if the link is
-        still slow, the sample says so).
+        still slow, the sample says so). The send time is ``now_s -
+        total_s``: an answer to an older probe, given up on, is a sample too,
+        but leaves the probe awaited awaited.
         """
-        sent_s, self._probe_out_s = self._probe_out_s, None
+        sent_s = self._probe_out_s
+        if sent_s is not None and not now_s - total_s < sent_s - PROBE_CLOCK_SLACK_S:
+            self._probe_out_s = None  # the answer to the probe awaited (not to an older one given up on)
         if not (math.isfinite(total_s) and math.isfinite(server_s) and nbytes > 0):
             return
-        if sent_s is not None and sent_s >= self._last_miss_s:
+        if now_s - total_s >= self._last_miss_s - PROBE_CLOCK_SLACK_S:
             self._stall_misses, self._link_back = 0, False
         self._transfers.append((now_s, int(nbytes), max(0.0, total_s - server_s)))
         self.estimator.observe_transfer(nbytes, total_s, server_s, now_s)

@@ -204,24 +204,38 @@ class EdgeClient:
                                    f"within its deadline of {deadline_s:.3f} s", time.perf_counter() - t0)
         return got
 
-    def take_late(self) -> list[LateResult]:
-        """Results of frames given up on (deadline passed) that have arrived since the last call, oldest first.
+    def take_late(self, timeout_s: float = math.inf) -> list[LateResult]:
+        """Results of frames given up on (deadline passed) and answers to link probes that have arrived since the
+        last call, oldest first. Also collects what arrived while no frame was being waited for.
 
-        Also collects what arrived while no frame was being waited for.
+        A device running frames locally waits for nothing, so this is where a dead stream is noticed then: if
+        the stream broke, or nothing has come back for ``timeout_s`` while something is pending (the rule of
+        :meth:`wait`), the stream is dropped and :class:`EdgeUnavailable` raised, once the results that came
+        before have been handed over.
         """
+        broken = None
         if self._results is not None:
             while True:
                 try:
                     item, at = self._results.get_nowait()
                 except queue.Empty:
                     break
-                if isinstance(item, EdgeUnavailable):  # leave it for the next infer() to raise
-                    self._results.put((item, at))
+                if isinstance(item, EdgeUnavailable):
+                    broken = item
                     break
                 self._last_heard = at
                 sent = self._pending.pop(item.frame_id, None)
                 if sent is not None:
                     self._late.append(LateResult(item.frame_id, item, at - sent, at))
+            if broken is None and self._pending \
+                    and time.perf_counter() - max(self._last_heard, min(self._pending.values())) > timeout_s:
+                broken = EdgeUnavailable(f"{self.target}: nothing came back for {len(self._pending)} pending "
+                                         f"message(s) in {timeout_s:g} s")
+        if broken is not None and not self._late:
+            self._drop_stream()
+            raise broken
+        if broken is not None:  # the results before it first; the next call raises
+            self._results.put((broken, time.perf_counter()))
         late, self._late = self._late, []
         return late
 

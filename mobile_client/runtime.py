@@ -125,38 +125,47 @@ class DeviceRuntime:
         try:
             self.client.connect(self.options.connect_timeout_s)
         except EdgeUnavailable as exc:
-            backoff = self.controller.server_failed(self._now())
-            self.warnings.append(f"edge unavailable ({exc}); local mode, retry in {backoff:.1f} s")
+            self._edge_lost(exc)
             return False
         self.controller.server_ok(self._now())
         self._adopt_edge_latencies()
         self._abandoned.clear()
         self._probes.clear()
         self._measure_rtt()
-        self._connect_probe()
-        return True
+        return self._connect_probe()
 
-    def _connect_probe(self) -> None:
+    def _connect_probe(self) -> bool:
         """Send the link probe the controller asks for at connect, and wait a connect timeout for its answer.
 
         So the first frame is chosen knowing the link (the controller's "Initial
         choice"); an answer that takes longer is handed over when it comes.
+        False if the stream broke meanwhile (the controller's backoff then runs).
         """
         nbytes = self.controller.connect_probe(self._now())
         if not nbytes:
-            return
+            return True
         try:
             probe_id, sent = self.client.send_probe(nbytes)
             self._probes[probe_id] = nbytes
             got = self.client.wait(probe_id, sent, self.options.timeout_s, sent + self.options.connect_timeout_s)
-        except (EdgeUnavailable, ValueError) as exc:
+        except EdgeUnavailable as exc:
+            self._edge_lost(exc)
+            return False
+        except ValueError as exc:  # over the server's message limit: no probe, the frames will tell
             self.controller.probe_lost(self._now())
-            self.warnings.append(f"link probe at connect failed: {exc}")
-            return
+            self.warnings.append(f"link probe at connect not sent: {exc}")
+            return True
         if got is not None:
             result, seconds = got
             del self._probes[probe_id]
             self._probe_answered(LateResult(probe_id, result, seconds, sent + seconds), nbytes)
+        return True
+
+    def _edge_lost(self, exc: EdgeUnavailable) -> None:
+        """The server cannot be reached or stopped answering: local from now on, reconnect after the backoff."""
+        self.client.close()
+        backoff = self.controller.server_failed(self._now())
+        self.warnings.append(f"edge unavailable ({exc}); local mode, retry in {backoff:.1f} s")
 
     def _measure_rtt(self) -> None:
         """Time a few tiny round trips on the fresh channel; the fastest is what the link adds to any message."""
@@ -173,7 +182,12 @@ class DeviceRuntime:
         """Results of frames given up on that have arrived since: the link delivers again (see the controller)."""
         if self.client is None or not self.client.connected:
             return
-        for late in self.client.take_late():
+        try:
+            lates = self.client.take_late(self.options.timeout_s)
+        except EdgeUnavailable as exc:  # found while running locally: the stream broke or went silent
+            self._edge_lost(exc)
+            return
+        for late in lates:
             nbytes = self._probes.pop(late.frame_id, None)
             if nbytes is not None:
                 self._probe_answered(late, nbytes)

@@ -357,11 +357,13 @@ def _connect(up: Link, down: Link, result_bytes: int, controller: Controller | N
     ready, rtt_best = 0.0, math.inf
     for _ in range(RTT_PINGS):
         back = down.peek(result_bytes, up.peek(DESCRIBE_BYTES, ready).arrival_s).arrival_s
-        if back - ready > PING_TIMEOUT_S:
-            return ready + PING_TIMEOUT_S  # the server is presumed unreachable: no probe either
+        if back - ready > PING_TIMEOUT_S:  # given up on, and the pinging with it (as the runtime's _measure_rtt)
+            ready += PING_TIMEOUT_S
+            break
         rtt_best, ready = min(rtt_best, back - ready), back
     client = controller if controller is not None else (config.controller_factory or Controller)(config.costs)
-    client.observe_rtt(rtt_best, ready)
+    if math.isfinite(rtt_best):
+        client.observe_rtt(rtt_best, ready)
     nbytes = client.connect_probe(ready)
     if not nbytes:
         return ready

@@ -185,7 +185,7 @@ def test_a_server_that_refuses_link_probes_turns_them_off_with_a_warning():
     class OldServerClient:
         connected = True
 
-        def take_late(self):
+        def take_late(self, timeout_s):
             refused = pb.Result(frame_id=probe_id, code=5, error="unknown model ''; served: x")
             return [LateResult(probe_id, refused, 0.01, time.perf_counter())]
 
@@ -196,3 +196,28 @@ def test_a_server_that_refuses_link_probes_turns_them_off_with_a_warning():
     assert not ctl.link_probes and ctl.estimator.bandwidth_bps() is None
     assert runtime.warnings == ["the edge refused a link probe (NOT_FOUND: unknown model ''; served: x); "
                                 "probing with frames instead"]
+
+
+def test_a_stream_found_dead_while_running_locally_starts_the_backoff():
+    # Link probes are collected, not waited for: the runtime learns of a dead stream from take_late.
+    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.edge_client import EdgeUnavailable
+    from mobile_client.runtime import DeviceRuntime
+    from split.recipes import build
+
+    class DeadStreamClient:
+        connected, closed = True, False
+
+        def take_late(self, timeout_s):
+            raise EdgeUnavailable("127.0.0.1:1: the server closed the stream")
+
+        def close(self):
+            self.closed = True
+
+    ctl = Controller(ModeCosts(100, 10, 10, 10, 1, 20_000, 60_000))
+    client = DeadStreamClient()
+    runtime = DeviceRuntime(build(MODEL)[0], ctl, client)
+    runtime._report_late()
+    assert client.closed and ctl.failures == 1
+    assert runtime.warnings == ["edge unavailable (127.0.0.1:1: the server closed the stream); local mode, "
+                                "retry in 0.5 s"]

@@ -306,28 +306,48 @@ def test_nothing_remote_while_a_link_probe_is_unanswered():
     link.bps = 1000 * MBPS
     assert ctl.choose(20.0 + 16 * 5.0 - 1).reason == "probing"
     assert ctl.choose(20.0 + 16 * 5.0 + 1).mode == "offload"
+    # The answer to a probe given up on, coming after a newer one went out, is a sample but not that one's answer.
+    link.bps = 0.1 * MBPS
+    newer = ctl.choose(120.0)
+    assert newer.probe_bytes > 0
+    ctl.observe_probe(COSTS.bytes_split, 100.5, 0.0, 120.5)  # sent at t = 20
+    link.bps = 1000 * MBPS
+    assert ctl.choose(121.0).reason == "probing"
+    ctl.observe_probe(COSTS.bytes_split, 1.2, 0.0, 121.2)  # sent at t = 120: the one awaited
+    assert ctl.choose(122.0).mode == "offload"
 
 
-def test_a_link_probe_ends_a_hysteresis_hold_on_evidence():
-    # Hysteresis holds local against split (predicted 14 % faster); local frames measure nothing, so link probes
-    # (a few per interval) refresh the estimate, and the hold ends as soon as they show a clear gain.
+class LastSampleLink(FakeLink):
+    """A link estimate that is simply the last transfer's rate (RTT 0): what a probe's answer says, it says."""
+
+    def observe_transfer(self, nbytes, total_s, server_s, at_s):
+        super().observe_transfer(nbytes, total_s, server_s, at_s)
+        self.bps = nbytes * 8 / (total_s - server_s)
+
+
+@pytest.mark.parametrize("link_probes", [True, False])
+def test_a_link_probe_ends_a_hysteresis_hold_on_evidence(link_probes):
+    # Hysteresis holds local against split (predicted 13 % faster); local frames measure nothing, so only link
+    # probes (a few per interval) can refresh the estimate and end the hold as soon as they show a clear gain.
     costs = ModeCosts(100.0, 10.0, 10.0, 10.0, 1.0, 10_000, 1_000_000)  # split = 20 + 80000/B ms
-    link = FakeLink(0.9 * MBPS, rtt_s=0.0)  # split 109 ms > local 100 ms
-    ctl = Controller(costs, estimator=link)
+    link = LastSampleLink(0.9 * MBPS, rtt_s=0.0)  # split 109 ms > local 100 ms
+    ctl = Controller(costs, estimator=link, link_probes=link_probes)
     assert ctl.choose(0.0).mode == "local"
     link.bps = 1.2 * MBPS  # split 87 ms: faster, but by less than 15 %
     d = ctl.choose(0.1)
-    assert d.mode == "local" and d.reason == "hysteresis" and d.probe_bytes == costs.bytes_split
+    assert d.mode == "local" and d.reason == "hysteresis"
+    if not link_probes:  # nothing measures the link: the hold ends by the time-to-trigger only, 5 s on
+        assert d.probe_bytes == 0
+        held = [ctl.choose(0.1 + 0.1 * i) for i in range(1, 49)]
+        assert all(h.mode == "local" and h.probe_bytes == 0 for h in held)
+        assert ctl.choose(5.2).mode == "split"
+        return
+    assert d.probe_bytes == costs.bytes_split
     waiting = ctl.choose(0.2)  # its answer is awaited: no second probe
     assert waiting.mode == "local" and waiting.probe_bytes == 0
-    ctl.observe_probe(costs.bytes_split, 0.02, 0.0, 0.25)
-    assert ctl.choose(0.3).probe_bytes == 0  # at most HOLD_PROBES_PER_INTERVAL per interval (here 1 s apart)
-    link.bps = 4 * MBPS  # what the probes saw: split 40 ms
-    assert ctl.choose(0.4).mode == "split"
-    # Without link probes the hold measures nothing and ends by the time-to-trigger only.
-    old = Controller(costs, estimator=FakeLink(1.2 * MBPS, rtt_s=0.0), link_probes=False)
-    old._current = "local"
-    assert all(old.choose(i * 0.1).probe_bytes == 0 for i in range(20))
+    ctl.observe_probe(costs.bytes_split, 0.02, 0.0, 0.25)  # 10 KB in 20 ms: 4 Mbit/s, split 40 ms
+    assert link.bps == pytest.approx(4 * MBPS)
+    assert ctl.choose(0.3).mode == "split"  # the hold ended on the probe's evidence, 0.2 s after it began
 
 
 def test_no_probe_while_a_remote_mode_is_in_use():
@@ -497,10 +517,13 @@ def test_no_stall_probe_while_another_given_up_payload_is_still_on_its_way():
     d = ctl.choose(t)
     ctl.missed("split", COSTS.bytes_split, 0.4, d.deadline_s)
     ctl.missed("split", COSTS.bytes_split, 0.4, t + 0.9)  # (a second frame given up on: a test shortcut)
-    ctl.observe_late("split", COSTS.bytes_split, 1.0, 0.03, t + 1.0)
-    assert ctl.choose(t + 1.1).reason == "stalled"
-    ctl.observe_late("split", COSTS.bytes_split, 1.0, 0.03, t + 1.2)
-    assert ctl.choose(t + 1.3).reason == "probe"
+    # Not on schedule either: the estimate is 6 s old, but a link probe would time the queue too.
+    quiet = ctl.choose(t + 6.0)
+    assert quiet.reason == "stalled" and quiet.probe_bytes == 0
+    ctl.observe_late("split", COSTS.bytes_split, 6.0, 0.03, t + 6.5)
+    assert ctl.choose(t + 6.6).reason == "stalled"
+    ctl.observe_late("split", COSTS.bytes_split, 6.0, 0.03, t + 6.7)
+    assert ctl.choose(t + 6.8).reason == "probe"
 
 
 def test_the_probe_that_ends_a_stall_makes_its_mode_the_steady_one_again():
