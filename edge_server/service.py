@@ -5,8 +5,8 @@ and one worker keeps frames in order. The asyncio loop stays free for health che
 `Describe` while a frame computes. A bad frame gets an error `Result` for that frame; the
 stream and the server go on. A link probe (``Frame.probe``) is answered as soon as it is read,
 with nothing computed, so the device times its uplink and not this server. Results keep stream
-order, so a probe read behind a frame still computing waits for it; the device only probes while
-it runs a frame itself, i.e. with nothing of its own in flight (a frame it gave up on aside).
+order, so a probe read behind a frame still computing would wait for it; the device probes only
+with nothing of its own in flight (none while a result it gave up on is still to come).
 """
 
 from __future__ import annotations

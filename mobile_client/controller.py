@@ -84,7 +84,8 @@ Decisions, and why:
   starts. The device is busy with the frame either way and the uplink is
   idle, so the probe costs bytes, not latency; its answer is a bandwidth
   sample like a frame's. While one is unanswered nothing remote is sent
-  (its answer is the newest news, and a payload would queue behind it;
+  wherever local may serve the frame (its answer is the newest news, and a
+  payload would queue behind it;
   reason ``"probing"`` where the steady mode is remote); an answer that
   has not come after :data:`LINK_PROBE_TIMEOUT_INTERVALS` probe intervals is
   given up on. Link probes also end a hysteresis hold of local against a
@@ -976,7 +977,7 @@ class Controller:
         link: a stall met before the probe was sent is over (if the link is
         still slow, the sample says so). The send time is ``now_s -
         total_s``: an answer to an older probe, given up on, is a sample too,
-        but leaves the probe awaited awaited.
+        but does not end the wait for the newer one.
         """
         sent_s = self._probe_out_s
         if sent_s is not None and not now_s - total_s < sent_s - PROBE_CLOCK_SLACK_S:
@@ -1023,6 +1024,8 @@ class Controller:
         """Record a successful (re)connection: the backoff starts again from ``backoff_initial_s``."""
         self._failures = 0
         self._retry_at_s = -math.inf
+        self._probe_out_s = None  # a fresh stream: nothing sent on the old one will be answered
+        self._abandoned = 0
 
     def should_reconnect(self, now_s: float) -> bool:
         """Whether the server is down and its backoff has expired, so a reconnect should be tried now."""

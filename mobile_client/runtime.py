@@ -161,6 +161,17 @@ class DeviceRuntime:
             self._probe_answered(LateResult(probe_id, result, seconds, sent + seconds), nbytes)
         return True
 
+    def _give_up(self, frame_id: int, mode: str, nbytes: int, waited_s: float) -> None:
+        """Stop waiting for a remote frame's result (served locally instead); its result, if it comes, is late.
+
+        Registered before collecting what arrived meanwhile, so that the frame's own result, if it has just
+        come, is not dropped as a stranger's: the controller counts given-up payloads until their results are
+        back. What arrived while waiting is older news than this miss, which the controller ignores as such.
+        """
+        self._abandoned[frame_id] = (mode, nbytes)
+        self.controller.missed(mode, nbytes, waited_s, self._now())
+        self._report_late()
+
     def _edge_lost(self, exc: EdgeUnavailable) -> None:
         """The server cannot be reached or stopped answering: local from now on, reconnect after the backoff."""
         self.client.close()
@@ -295,9 +306,7 @@ class DeviceRuntime:
                                                 deadline_s=wait_s)
         except DeadlineExceeded as exc:
             # Not a server failure: the stream stays up, the result (if it comes) is reported as late.
-            self._report_late()  # what arrived while waiting is older news than this miss
-            self._abandoned[frame.index] = (mode, record["payload_bytes"])
-            self.controller.missed(mode, record["payload_bytes"], exc.waited_s, self._now())
+            self._give_up(frame.index, mode, record["payload_bytes"], exc.waited_s)
             record.update(fallback=True, reason="deadline", network_ms=round(exc.waited_s * 1e3, 3))
             self._run_local(image, record, now)
             record["head_ms"] = round(record["head_ms"] + head_ms, 3)
@@ -418,9 +427,7 @@ class DeviceRuntime:
             record["error"] = str(lost_server)
             return
         # The local run won: like a missed deadline, the stream stays up and the result is reported late.
-        self._report_late()
-        self._abandoned[frame.index] = (mode, nbytes)
-        self.controller.missed(mode, nbytes, waited, self._now())
+        self._give_up(frame.index, mode, nbytes, waited)
         record.update(reason="hedge", network_ms=round(waited * 1e3, 3))
 
 

@@ -305,10 +305,10 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 if local_done < done:
                     # The local continuation won the race: the frame is served from it; the payload and its
                     # result still travel (reported late), and the controller treats it as a missed deadline.
-                    report_late(local_done)
                     late.append((done, "late", mode, table[mode][1], done - sent, table[mode][2]))
                     late.sort()
                     controller.missed(mode, table[mode][1], local_done - sent, local_done)
+                    report_late(local_done)  # as the runtime: after the miss, which ignores older news
                     records.append(FrameRecord(i, "local", "hedge", arrival, start, local_done,
                                                (local_done - start) * 1e3, (local_done - sent) * 1e3, 0.0,
                                                table[mode][1]))
@@ -318,10 +318,10 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 # Given up at the deadline (at once if the head outlasted it, as the runtime's zero wait):
                 # served locally; the payload and its result still travel.
                 gave_up = max(deadline, sent)
-                report_late(gave_up)  # what arrived while waiting is older news than this miss
                 late.append((done, "late", mode, table[mode][1], done - sent, table[mode][2]))
                 late.sort()
                 controller.missed(mode, table[mode][1], gave_up - sent, gave_up)
+                report_late(gave_up)  # what arrived while waiting: older news than this miss, which it ignores
                 local_s = table["local"][0]
                 controller.observe_local(local_s, start)  # as the runtime's _run_local: at the frame's start
                 records.append(FrameRecord(i, "local", "deadline", arrival, start, gave_up + local_s,
