@@ -391,6 +391,17 @@ def scaled(costs: ModeCosts, device_slowdown: float, *, edge_slowdown: float = 1
     )
 
 
+def _payload_bytes(costs: ModeCosts) -> dict[str, int]:
+    """Bytes each remote mode sends per frame: what a probe standing for that mode carries."""
+    return {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+
+
+def _winnable(costs: ModeCosts, remote: list[str], rtt_s: float) -> list[str]:
+    """The remote modes that could beat local on an infinitely fast link (compute and ``rtt_s`` alone)."""
+    bound = predict_latencies(costs, math.inf, rtt_s)
+    return [m for m in remote if bound[m] < costs.t_full_device_ms]
+
+
 def hedge_local_ms(costs: ModeCosts, mode: str) -> float:
     """Device time of a hedged remote frame's local continuation, started once its payload is sent.
 
@@ -631,7 +642,7 @@ class Controller:
             # A link probe is unanswered: its answer is the newest news about the link, and a payload sent now
             # would queue behind it. Nothing remote until it is in (see "Link probes").
             return decide("local", reason if chosen == "local" else "probing")
-        size = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        size = _payload_bytes(costs)
         other, min_spacing_s, cap_s = None, self.probe_interval_s, math.inf
         stall_mode, stall_may_win = None, False
         if chosen == "local" and remote and stalled and self._link_back:
@@ -697,17 +708,17 @@ class Controller:
         # Lower bound of each remote mode: its compute and the RTT on an infinitely fast link.
         bound = predict_latencies(costs, math.inf, rtt_s)
         local_ok = "local" in eligible
-        nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        nbytes = _payload_bytes(costs)
         if local_ok and self._probe_out_s is not None:  # a link probe's answer comes first (see "Link probes")
             self._current = "local"
             return decide("local", "no-estimate")
         if local_ok:
-            winnable = [m for m in remote if bound[m] < costs.t_full_device_ms]
+            winnable = _winnable(costs, remote, rtt_s)
             if not winnable:
                 self._current = "local"
                 # Compute alone rules remote out for good; an RTT is a measurement (one ping at connect may have
                 # met a stall), so where only the RTT does, one frame per probe interval checks it.
-                could = [m for m in remote if predict_latencies(costs, math.inf, 0.0)[m] < costs.t_full_device_ms]
+                could = _winnable(costs, remote, 0.0)
                 if could and rtt_s > 0 and self._probe_due_without_estimate(now_s):
                     self._last_probe_s = now_s
                     probe_mode = min(could, key=lambda m: (nbytes[m], bound[m]))
@@ -727,7 +738,7 @@ class Controller:
     def _first_mode(self, costs: ModeCosts, remote: list[str], local_ok: bool, rtt_s: float) -> str:
         """The remote mode to measure an unknown link with (see "Initial choice")."""
         bound = predict_latencies(costs, math.inf, rtt_s)
-        nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        nbytes = _payload_bytes(costs)
         device_ms = {"split": costs.t_head_device_ms, "offload": costs.t_jpeg_encode_ms}
 
         def key(m: str) -> tuple[float, ...]:
@@ -754,12 +765,10 @@ class Controller:
         rtt_s = self.estimator.rtt_s() or 0.0
         local_ok = "local" in eligible
         if local_ok:
-            bound = predict_latencies(costs, math.inf, rtt_s)
-            remote = [m for m in remote if bound[m] < costs.t_full_device_ms]
+            remote = _winnable(costs, remote, rtt_s)
         if not remote:
             return 0
-        mode = self._first_mode(costs, remote, local_ok, rtt_s)
-        nbytes = int(costs.bytes_split if mode == "split" else costs.bytes_jpeg)
+        nbytes = int(_payload_bytes(costs)[self._first_mode(costs, remote, local_ok, rtt_s)])
         if nbytes > 0:
             self._probe_out_s = self._last_probe_s = now_s
         return nbytes
@@ -824,7 +833,7 @@ class Controller:
             return None
         seen = self._transfers[-1][1]
         fastest_s = min(t for _, _, t in self._transfers)
-        nbytes = {"split": costs.bytes_split, "offload": costs.bytes_jpeg}
+        nbytes = _payload_bytes(costs)
         optimistic = {m: raw_ms[m] - max(0.0, nbytes[m] / max(seen, 1) - 1.0) * fastest_s * 1000.0 for m in remote}
         candidates = [
             m for m in remote
@@ -874,7 +883,7 @@ class Controller:
             return predicted
         out = dict(predicted)
         floor = predict_latencies(costs, math.inf, 0.0)
-        for m, n in (("split", costs.bytes_split), ("offload", costs.bytes_jpeg)):
+        for m, n in _payload_bytes(costs).items():
             out[m] = max(floor[m], out[m] - (n / seen - 1.0) * guess_s * 1000.0)
         return out
 

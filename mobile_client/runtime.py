@@ -206,8 +206,8 @@ class DeviceRuntime:
             abandoned = self._abandoned.pop(late.frame_id, None)
             if abandoned is not None:
                 mode, nbytes = abandoned
-                server_s = (late.result.server_ms + late.result.queue_ms) / 1e3
-                self.controller.observe_late(mode, nbytes, late.seconds, server_s, late.arrived - self._t0)
+                self.controller.observe_late(mode, nbytes, late.seconds, _server_s(late.result),
+                                             late.arrived - self._t0)
 
     def _probe_answered(self, late: LateResult, nbytes: int) -> None:
         at = late.arrived - self._t0
@@ -217,8 +217,7 @@ class DeviceRuntime:
             self.warnings.append(f"the edge refused a link probe ({_code_name(late.result.code)}: "
                                  f"{late.result.error}); probing with frames instead")
             return
-        server_s = (late.result.server_ms + late.result.queue_ms) / 1e3
-        self.controller.observe_probe(nbytes, late.seconds, server_s, at)
+        self.controller.observe_probe(nbytes, late.seconds, _server_s(late.result), at)
 
     def _send_probe(self, nbytes: int, record: dict[str, Any]) -> None:
         """Put a link probe on the stream beside a local frame (see the module docstring)."""
@@ -314,7 +313,7 @@ class DeviceRuntime:
         except (EdgeUnavailable, ValueError) as exc:
             self._fall_back(exc, image, record, now, head_ms)
             return
-        server_s = (result.server_ms + result.queue_ms) / 1e3
+        server_s = _server_s(result)
         self._report_late()  # late results that arrived while waiting came first
         self.controller.observe(mode, record["payload_bytes"], seconds, server_s, self._now())
         record.update(network_ms=round(max(seconds - server_s, 0.0) * 1e3, 3), server_ms=round(result.server_ms, 3))
@@ -411,7 +410,7 @@ class DeviceRuntime:
         steps.close()
         if got is not None:  # the edge won: the local run is dropped at this stage boundary
             result, seconds = got
-            server_s = (result.server_ms + result.queue_ms) / 1e3
+            server_s = _server_s(result)
             self._report_late()  # late results that arrived while waiting came first
             self.controller.observe(mode, nbytes, seconds, server_s, self._now())
             record.update(network_ms=round(max(seconds - server_s, 0.0) * 1e3, 3), server_ms=round(result.server_ms, 3))
@@ -429,6 +428,11 @@ class DeviceRuntime:
         # The local run won: like a missed deadline, the stream stays up and the result is reported late.
         self._give_up(frame.index, mode, nbytes, waited)
         record.update(reason="hedge", network_ms=round(waited * 1e3, 3))
+
+
+def _server_s(result: pb.Result) -> float:
+    """Seconds the edge held a frame (queue + compute): what the link did not take of its round trip."""
+    return (result.server_ms + result.queue_ms) / 1e3
 
 
 def _code_name(code: int) -> str:

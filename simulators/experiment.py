@@ -103,6 +103,7 @@ Model, and why each choice was made:
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -291,9 +292,8 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 # A link probe, sent as the local run starts: it occupies the uplink like any payload, and the
                 # server answers it at once.
                 probe_bytes = decision.probe_bytes
-                answered = down.send(PROBE_REPLY_BYTES, up.send(probe_bytes, start).arrival_s).arrival_s
-                late.append((answered, "probe", mode, probe_bytes, answered - start, 0.0))
-                late.sort()
+                answered = _probe_answered_at(up, down, probe_bytes, start, commit=True)
+                bisect.insort(late, (answered, "probe", mode, probe_bytes, answered - start, 0.0))
         else:
             mode, reason = policy, policy
         done, dev_s, net_s = run(mode, start, commit=True)
@@ -305,8 +305,7 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 if local_done < done:
                     # The local continuation won the race: the frame is served from it; the payload and its
                     # result still travel (reported late), and the controller treats it as a missed deadline.
-                    late.append((done, "late", mode, table[mode][1], done - sent, table[mode][2]))
-                    late.sort()
+                    bisect.insort(late, (done, "late", mode, table[mode][1], done - sent, table[mode][2]))
                     controller.missed(mode, table[mode][1], local_done - sent, local_done)
                     report_late(local_done)  # as the runtime: after the miss, which ignores older news
                     records.append(FrameRecord(i, "local", "hedge", arrival, start, local_done,
@@ -318,8 +317,7 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                 # Given up at the deadline (at once if the head outlasted it, as the runtime's zero wait):
                 # served locally; the payload and its result still travel.
                 gave_up = max(deadline, sent)
-                late.append((done, "late", mode, table[mode][1], done - sent, table[mode][2]))
-                late.sort()
+                bisect.insort(late, (done, "late", mode, table[mode][1], done - sent, table[mode][2]))
                 controller.missed(mode, table[mode][1], gave_up - sent, gave_up)
                 report_late(gave_up)  # what arrived while waiting: older news than this miss, which it ignores
                 local_s = table["local"][0]
@@ -337,6 +335,15 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
                                    table[mode][1], probe_bytes))
         free_at = done
     return records
+
+
+def _probe_answered_at(up: Link, down: Link, nbytes: int, at: float, commit: bool) -> float:
+    """When the answer to a link probe of ``nbytes`` sent at ``at`` is back (the server answers at once).
+
+    ``commit=False`` only peeks: the links stay as they were.
+    """
+    send_up, send_down = (up.send, down.send) if commit else (up.peek, down.peek)
+    return send_down(PROBE_REPLY_BYTES, send_up(nbytes, at).arrival_s).arrival_s
 
 
 def _connect(up: Link, down: Link, result_bytes: int, controller: Controller | None, config: SimConfig,
@@ -367,11 +374,10 @@ def _connect(up: Link, down: Link, result_bytes: int, controller: Controller | N
     nbytes = client.connect_probe(ready)
     if not nbytes:
         return ready
-    send_up, send_down = (up.send, down.send) if controller is not None else (up.peek, down.peek)
-    answered = send_down(PROBE_REPLY_BYTES, send_up(nbytes, ready).arrival_s).arrival_s
+    answered = _probe_answered_at(up, down, nbytes, ready, commit=controller is not None)
     if answered - ready > PING_TIMEOUT_S:
         if controller is not None:
-            late.append((answered, "probe", "local", nbytes, answered - ready, 0.0))
+            bisect.insort(late, (answered, "probe", "local", nbytes, answered - ready, 0.0))
         return ready + PING_TIMEOUT_S
     if controller is not None:
         controller.observe_probe(nbytes, answered - ready, 0.0, answered)
