@@ -79,35 +79,37 @@ class TensorCodec:
         return f"{type(self).__name__}()"
 
 
-class Float32Codec(TensorCodec):
+class _FloatCodec(TensorCodec):
+    """Raw little-endian floats of one width (`wire`, a numpy dtype), decoded to float32."""
+
+    torch_dtype: ClassVar[torch.dtype]
+    wire: ClassVar[str]
+
+    def encode(self, x: torch.Tensor) -> EncodedTensor:
+        arr = x.detach().to(self.torch_dtype).contiguous().cpu().numpy()
+        return EncodedTensor(self.name, "float32", tuple(arr.shape), arr.astype(self.wire).tobytes())
+
+    def decode(self, enc: EncodedTensor) -> torch.Tensor:
+        self._check(enc, np.dtype(self.wire).itemsize)
+        arr = np.frombuffer(enc.data, dtype=self.wire).reshape(enc.shape)
+        return torch.from_numpy(arr.astype(np.float32))
+
+
+class Float32Codec(_FloatCodec):
     """Lossless; the reference that a split without bottleneck must match bit for bit."""
 
     name = "float32"
     lossless = True
-
-    def encode(self, x: torch.Tensor) -> EncodedTensor:
-        arr = x.detach().to(torch.float32).contiguous().cpu().numpy()
-        return EncodedTensor(self.name, "float32", tuple(arr.shape), arr.astype("<f4").tobytes())
-
-    def decode(self, enc: EncodedTensor) -> torch.Tensor:
-        self._check(enc, 4)
-        arr = np.frombuffer(enc.data, dtype="<f4").reshape(enc.shape)
-        return torch.from_numpy(arr.copy())
+    torch_dtype = torch.float32
+    wire = "<f4"
 
 
-class Float16Codec(TensorCodec):
+class Float16Codec(_FloatCodec):
     """Half the bytes of float32 at ~1e-3 relative error: usually invisible to the tail."""
 
     name = "float16"
-
-    def encode(self, x: torch.Tensor) -> EncodedTensor:
-        arr = x.detach().to(torch.float16).contiguous().cpu().numpy()
-        return EncodedTensor(self.name, "float32", tuple(arr.shape), arr.astype("<f2").tobytes())
-
-    def decode(self, enc: EncodedTensor) -> torch.Tensor:
-        self._check(enc, 2)
-        arr = np.frombuffer(enc.data, dtype="<f2").reshape(enc.shape)
-        return torch.from_numpy(arr.astype(np.float32))
+    torch_dtype = torch.float16
+    wire = "<f2"
 
 
 class Uint8Codec(TensorCodec):

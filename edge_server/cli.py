@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
+from functools import partial
 
+from split.cli_util import fail
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
 
@@ -29,9 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(msg: str) -> int:
-    print(f"splitedge serve: error: {msg}", file=sys.stderr)
-    return 2
+_fail = partial(fail, "splitedge serve")
 
 
 def main(command: str, argv: list[str]) -> int:

@@ -23,6 +23,7 @@ from protos import splitedge_pb2 as pb
 from protos import splitedge_pb2_grpc as pb_grpc
 from split import PayloadMismatch
 from split.adapters import Outputs
+from split.detections import detection_rows
 
 from edge_server.registry import ModelRegistry
 
@@ -33,13 +34,15 @@ log = logging.getLogger("splitedge.server")
 
 
 def _detections(out: Outputs, family: str) -> list[pb.Detection]:
-    labels = out["labels"].tolist()
-    scores = out["scores"].tolist()
-    if family != "detector":
-        return [pb.Detection(label=int(l), score=float(s)) for l, s in zip(labels, scores)]
-    boxes = out["boxes"].tolist()
-    return [pb.Detection(x1=b[0], y1=b[1], x2=b[2], y2=b[3], label=int(l), score=float(s))
-            for b, l, s in zip(boxes, labels, scores)]
+    """The wire form of `split.detections.detection_rows`."""
+    return [_detection(*row) for row in detection_rows(out, family)]
+
+
+def _detection(box: list[float] | None, label: int, score: float) -> pb.Detection:
+    if box is None:  # a classifier's label
+        return pb.Detection(label=label, score=score)
+    x1, y1, x2, y2 = box
+    return pb.Detection(x1=x1, y1=y1, x2=x2, y2=y2, label=label, score=score)
 
 
 class SplitEdgeServicer(pb_grpc.SplitEdgeServicer):

@@ -1,7 +1,10 @@
-"""The device runtime: frame sources, the controller and its estimators, the gRPC client, sinks."""
+"""The device: frame sources, the session driver, the controller and its parts, the gRPC client, runtimes, sinks."""
 
-from mobile_client.controller import Controller, Decision, ModeCosts, predict_latencies
-from mobile_client.edge_client import EdgeClient, EdgeUnavailable
+from mobile_client.controller import Controller
+from mobile_client.decision import Decision
+from mobile_client.costs import ModeCosts, predict_latencies
+from mobile_client.edge_client import EdgeClient
+from mobile_client.session import EdgeUnavailable, Session
 from mobile_client.estimators import BandwidthEstimator, LinkEstimator, RttEstimator
 from mobile_client.runtime import DeviceRuntime, RuntimeOptions
 from mobile_client.sources import Frame, SourceError, open_source
@@ -18,6 +21,7 @@ __all__ = [
     "ModeCosts",
     "RttEstimator",
     "RuntimeOptions",
+    "Session",
     "SourceError",
     "open_source",
     "predict_latencies",

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from tqdm import tqdm
 
+from split.cli_util import add_auto_switches, fail
 from split.labels import label_names
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
 
-from mobile_client.controller import MODES, Controller, ModeCosts, scaled
+from mobile_client.controller import Controller
+from mobile_client.costs import MODES, ModeCosts, costs_from_profiles, read_profile, scaled
 from mobile_client.edge_client import EdgeClient
-from mobile_client.runtime import DeviceRuntime, RuntimeOptions
-from mobile_client.profiles import costs_from_profiles, read_profile
-from mobile_client.runtime import to_tensor
+from mobile_client.runtime import DeviceRuntime, RuntimeOptions, to_tensor
 from mobile_client.sinks import AnnotatedWriter, JsonlWriter, format_summary, summary_rows
 from mobile_client.sources import Frame, SourceError, open_source
 
@@ -46,18 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds of silence from the server before it is presumed gone (then local, and reconnect with backoff)")
     p.add_argument("--device-slowdown", type=float, default=1.0, metavar="K",
                    help="stand for a K times slower device: wait K-1 times each measured compute")
-    p.add_argument("--hedge", action=argparse.BooleanOptionalAction, default=True,
-                   help="auto mode: while a remote frame's result is awaited, run the frame on the device too and "
-                        "take whichever finishes first (default: on)")
-    p.add_argument("--link-probes", action=argparse.BooleanOptionalAction, default=True,
-                   help="auto mode: measure an unused link with filler-byte probes sent beside local frames, which "
-                        "the server answers at once (default: on; off: with hedged remote frames)")
+    add_auto_switches(p, "auto mode", "while a remote frame's result is awaited, run the frame on the device too "
+                                      "and take whichever finishes first (default: on)")
     return p
 
 
-def _fail(msg: str) -> int:
-    print(f"splitedge run: error: {msg}", file=sys.stderr)
-    return 2
+_fail = partial(fail, "splitedge run")
 
 
 def main(command: str, argv: list[str]) -> int:

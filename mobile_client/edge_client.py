@@ -30,15 +30,13 @@ import grpc
 from protos import splitedge_pb2 as pb
 from protos import splitedge_pb2_grpc as pb_grpc
 
+from mobile_client.session import EdgeUnavailable
+
 __all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult", "PROBE_ID_BASE"]
 
 _DONE = object()
 # Link probes (EdgeClient.send_probe) are numbered from here: frame ids (a source's frame index) stay below.
 PROBE_ID_BASE = 1 << 63
-
-
-class EdgeUnavailable(RuntimeError):
-    """The server cannot be reached, or the stream broke or stopped answering."""
 
 
 class DeadlineExceeded(TimeoutError):

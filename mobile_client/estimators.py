@@ -45,8 +45,11 @@ Decisions, and why:
   until the next transfer that does finish in time, and never enters the
   mean. Stalls are the deadline's business; the mean describes the link
   while it delivers.
-* **Separating RTT from serialization** (:class:`LinkEstimator`): see its
-  docstring.
+* **Separating RTT from serialization** (:class:`LinkEstimator`, and
+  :class:`TransferLog` for the controller's two-size identification): see
+  their docstrings and docs/controller.md ("Telling RTT from
+  serialization"). Both need two payload sizes at least
+  :data:`RTT_FIT_SIZE_RATIO` apart (:func:`sizes_tell_rtt`).
 
 Nothing here reads a clock: every observation carries its own timestamp, so
 the same code runs live and in a trace-driven simulator with a fake clock.
@@ -61,7 +64,16 @@ from typing import TypeVar
 
 _T = TypeVar("_T")
 
-__all__ = ["BandwidthEstimator", "RttEstimator", "LinkEstimator"]
+__all__ = ["BandwidthEstimator", "RttEstimator", "LinkEstimator", "TransferLog", "RTT_FIT_SIZE_RATIO",
+           "sizes_tell_rtt"]
+
+# Two payloads must differ at least this much in size for their times to separate RTT from serialization.
+RTT_FIT_SIZE_RATIO = 1.5
+# How many recent remote transfers bound the RTT from above (none can be faster than the RTT).
+RTT_BOUND_TRANSFERS = 32
+# The RTT a TransferLog identifies is the median of its last RTT_PAIRS two-size identifications: each one is
+# noisy on a bursty link, the propagation RTT they measure hardly moves.
+RTT_PAIRS = 9
 
 
 def _finite_nonneg(x: float) -> bool:
@@ -71,6 +83,11 @@ def _finite_nonneg(x: float) -> bool:
 def _check_max_age(max_age_s: float | None) -> None:
     if max_age_s is not None and not max_age_s > 0:
         raise ValueError(f"max_age_s must be positive or None, got {max_age_s}")
+
+
+def sizes_tell_rtt(a: float, b: float) -> bool:
+    """Whether transfers of ``a`` and ``b`` bytes differ enough in size for their times to separate RTT from rate."""
+    return max(a, b) >= RTT_FIT_SIZE_RATIO * min(a, b)
 
 
 def _recent(samples: deque[tuple[float, _T]], max_age_s: float | None) -> list[_T]:
@@ -83,7 +100,30 @@ def _recent(samples: deque[tuple[float, _T]], max_age_s: float | None) -> list[_
     return [v for at, v in samples if newest - at < max_age_s]
 
 
-class BandwidthEstimator:
+class _Sampled:
+    """What both estimators count: accepted samples, and when the newest was taken."""
+
+    def __init__(self, window: int, max_age_s: float | None) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        _check_max_age(max_age_s)
+        self.window, self.max_age_s = window, max_age_s
+        self._samples = 0
+        self._last_at: float | None = None
+
+    @property
+    def samples(self) -> int:
+        """How many samples have been accepted since creation (not only those in the window)."""
+        return self._samples
+
+    def age_s(self, now_s: float) -> float:
+        """Seconds since the last accepted sample; ``inf`` before any, so "stale" needs no special case."""
+        if self._last_at is None:
+            return math.inf
+        return max(0.0, now_s - self._last_at)
+
+
+class BandwidthEstimator(_Sampled):
     """Uplink rate from timed transfers: harmonic mean of the recent throughputs.
 
     ``window`` is kept small (5, like Pensieve) so that the estimate follows a
@@ -100,20 +140,14 @@ class BandwidthEstimator:
         initial_bps: float | None = None,
         max_age_s: float | None = None,
     ) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+        super().__init__(window, max_age_s)
         if min_bytes < 0:
             raise ValueError(f"min_bytes must be >= 0, got {min_bytes}")
         if initial_bps is not None and not (math.isfinite(initial_bps) and initial_bps > 0):
             raise ValueError(f"initial_bps must be a positive number, got {initial_bps}")
-        _check_max_age(max_age_s)
-        self.window = window
         self.min_bytes = min_bytes
         self.initial_bps = initial_bps
-        self.max_age_s = max_age_s
         self._rates: deque[tuple[float, float]] = deque(maxlen=window)
-        self._samples = 0
-        self._last_at: float | None = None
         self._bound: tuple[float, float] | None = None  # (at_s, bps): a transfer that did not finish
 
     def observe(self, nbytes: int, seconds: float, at_s: float) -> bool:
@@ -162,33 +196,17 @@ class BandwidthEstimator:
             return mean
         return self._bound[1] if mean is None else min(mean, self._bound[1])
 
-    @property
-    def samples(self) -> int:
-        """How many transfers have been accepted since creation (not only those in the window)."""
-        return self._samples
-
-    def age_s(self, now_s: float) -> float:
-        """Seconds since the last accepted sample; ``inf`` before any, so "stale" needs no special case."""
-        if self._last_at is None:
-            return math.inf
-        return max(0.0, now_s - self._last_at)
 
 
-class RttEstimator:
+class RttEstimator(_Sampled):
     """Round-trip time as the median of the recent samples (see the module docstring for why)."""
 
     def __init__(self, window: int = 10, initial_s: float | None = None, max_age_s: float | None = None) -> None:
-        if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+        super().__init__(window, max_age_s)
         if initial_s is not None and not _finite_nonneg(initial_s):
             raise ValueError(f"initial_s must be a non-negative number, got {initial_s}")
-        _check_max_age(max_age_s)
-        self.window = window
         self.initial_s = initial_s
-        self.max_age_s = max_age_s
         self._rtts: deque[tuple[float, float]] = deque(maxlen=window)
-        self._samples = 0
-        self._last_at: float | None = None
 
     def observe(self, rtt_s: float, at_s: float) -> bool:
         """Record one round trip; negative or non-finite values are dropped, not clamped."""
@@ -205,15 +223,6 @@ class RttEstimator:
         if not rtts:
             return self.initial_s
         return float(median(rtts))
-
-    @property
-    def samples(self) -> int:
-        return self._samples
-
-    def age_s(self, now_s: float) -> float:
-        if self._last_at is None:
-            return math.inf
-        return max(0.0, now_s - self._last_at)
 
 
 class LinkEstimator:
@@ -236,7 +245,7 @@ class LinkEstimator:
        ``network_s = RTT + nbytes * 8 / B`` over the last ``fit_window`` large
        transfers — usable when their sizes differ (split vs. JPEG payloads, or
        frames of varying content): at least 1.5× between the smallest and
-       largest, and a positive slope. The intercept is clamped to
+       largest (:data:`RTT_FIT_SIZE_RATIO`), and a positive slope. The intercept is clamped to
        ``[0, min network_s]``, because no transfer can be faster than the RTT.
     3. **B samples** come from large transfers as
        ``nbytes / (network_s - RTT)``. When the serialization part is lost in
@@ -335,7 +344,7 @@ class LinkEstimator:
             return None
         xs = [float(n) for n, _ in pts]
         ys = [t for _, t in pts]
-        if min(xs) <= 0 or max(xs) < 1.5 * min(xs):
+        if min(xs) <= 0 or not sizes_tell_rtt(min(xs), max(xs)):
             return None
         xbar = sum(xs) / len(xs)
         ybar = sum(ys) / len(ys)
@@ -344,3 +353,81 @@ class LinkEstimator:
         if slope <= 0:
             return None  # the link changed inside the window: sizes no longer explain times
         return min(max(0.0, ybar - slope * xbar), min(ys))
+
+
+class TransferLog:
+    """Recent remote transfers, and the RTT that pairs of them identify (docs/controller.md, "Telling RTT ...").
+
+    The controller's own identification, beside :class:`LinkEstimator`'s
+    intercept fit: a transfer whose payload differs at least
+    :data:`RTT_FIT_SIZE_RATIO` from the previous one, less than
+    ``max_gap_s`` later, gives the intercept of the line through the two. The
+    median of the last :data:`RTT_PAIRS` goes to the estimator as an RTT
+    sample, so it outlives the bandwidth samples. Once a payload-free round
+    trip has been timed (:meth:`observe_ping`), pairs are no longer used: they
+    assume the rate held still between the two transfers, which a cellular
+    link does not promise.
+    """
+
+    def __init__(self, max_gap_s: float) -> None:
+        self.max_gap_s = max_gap_s
+        self.pinged = False  # an RTT was measured with a payload-free round trip
+        self._transfers: deque[tuple[float, int, float]] = deque(maxlen=RTT_BOUND_TRANSFERS)
+        self._pair_rtts: deque[float] = deque(maxlen=RTT_PAIRS)
+
+    def __bool__(self) -> bool:
+        return bool(self._transfers)
+
+    @property
+    def last_bytes(self) -> int:
+        """The payload size of the newest transfer (the log must not be empty)."""
+        return self._transfers[-1][1]
+
+    @property
+    def fastest_s(self) -> float:
+        """The fastest network time of the recent transfers: an upper bound of the RTT."""
+        return min(t for _, _, t in self._transfers)
+
+    def observe_ping(self, rtt_s: float) -> None:
+        if math.isfinite(rtt_s) and rtt_s >= 0:
+            self.pinged = True
+
+    def observe(self, nbytes: int, network_s: float, now_s: float, link: LinkEstimator | None = None) -> None:
+        """Log a transfer; with ``link``, first give it the RTT this transfer and the previous one identify.
+
+        Before the transfer's own bandwidth sample, so that sample already uses the new RTT.
+        """
+        rtt = None if link is None or self.pinged else self._two_size_rtt(nbytes, network_s, now_s, link)
+        if rtt is not None:
+            self._pair_rtts.append(rtt)
+            link.observe_rtt(median(self._pair_rtts), now_s)
+        self._transfers.append((now_s, int(nbytes), network_s))
+
+    def _two_size_rtt(self, nbytes: int, network_s: float, now_s: float, link: LinkEstimator) -> float | None:
+        """RTT from this transfer and the previous one when their sizes differ enough.
+
+        Two points of ``network = RTT + bytes * 8 / B``. The intercept must
+        lie in ``[0, fastest network time of the last RTT_BOUND_TRANSFERS
+        transfers]`` (no transfer beats the RTT): one outside it, or a slope
+        that is not positive, means the link changed between the two (e.g.
+        both met an outage), and the pair is dropped rather than clamped,
+        since a wrong RTT would bias every bandwidth sample after it.
+        """
+        if not self._transfers:
+            return None
+        at, n1, t1 = self._transfers[-1]
+        n2, t2 = int(nbytes), network_s
+        if now_s - at >= self.max_gap_s or min(n1, n2) <= 0:
+            return None
+        if not sizes_tell_rtt(n1, n2):
+            return None
+        bps, rtt_now = link.bandwidth_bps(), link.rtt_s()
+        if bps is not None and bps > 0 and all(n == n1 for _, n, _ in list(self._transfers)[-3:]):
+            # The previous size as the estimator sees it (smoothed over its window), not one noisy sample.
+            t1 = n1 * 8.0 / bps + (rtt_now or 0.0)
+        slope = (t2 - t1) / (n2 - n1)
+        if slope <= 0:
+            return None
+        rtt = t1 - slope * n1
+        bound = min(t2, self.fastest_s)
+        return rtt if 0.0 <= rtt <= bound else None

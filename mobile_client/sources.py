@@ -1,4 +1,4 @@
-"""Frame sources: a folder of images, a video file, or a camera, all read with OpenCV.
+"""Frame sources: a folder of images (`split.images.read_rgb`), a video file or a camera (OpenCV).
 
 Every source yields RGB uint8 frames with a stable name, so a result line can say which
 image or which video frame it belongs to.
@@ -12,6 +12,8 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+
+from split.images import ImageError, read_rgb
 
 __all__ = ["Frame", "FrameSource", "SourceError", "open_source"]
 
@@ -50,10 +52,11 @@ class ImageFolder(FrameSource):
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.files):
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise SourceError(f"cannot read source {str(path)!r}: not a decodable image")
-            yield Frame(i, str(path), np.ascontiguousarray(bgr[:, :, ::-1]))
+            try:
+                rgb = read_rgb(path)
+            except ImageError:
+                raise SourceError(f"cannot read source {str(path)!r}: not a decodable image") from None
+            yield Frame(i, str(path), rgb)
 
 
 class VideoSource(FrameSource):

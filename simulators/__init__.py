@@ -5,28 +5,15 @@ Nothing in the live client or server imports this package; it drives them
 from outside, so a simulated figure and a live run use the same link model.
 """
 
+from . import trace_files, traces
 from .emulator import LinkEmulator, make_links, run_emulator
 from .links import BernoulliLoss, Delivery, GilbertElliottLoss, Link, LossModel, parse_loss
-from .traces import (
-    ConstantTrace,
-    CsvTrace,
-    MahimahiTrace,
-    PensieveTrace,
-    PiecewiseTrace,
-    Trace,
-    TraceError,
-    load_trace,
-)
+from .trace_files import CsvTrace, MahimahiTrace, PensieveTrace, load_trace
+from .traces import ConstantTrace, PiecewiseTrace, Trace, TraceError
 
 __all__ = [
-    "Trace",
-    "TraceError",
-    "MahimahiTrace",
-    "PensieveTrace",
-    "CsvTrace",
-    "ConstantTrace",
-    "PiecewiseTrace",
-    "load_trace",
+    *traces.__all__,
+    *trace_files.__all__,
     "Link",
     "Delivery",
     "LossModel",

@@ -20,6 +20,8 @@ from typing import Callable, NoReturn
 
 import numpy as np
 
+from split.cli_util import add_auto_switches, fail
+
 # The policy names, repeated here so that `splitedge emulate` does not import the
 # experiment runner (and, through the controller's package, torch) just to start.
 POLICIES: tuple[str, ...] = ("local", "split", "offload", "auto", "oracle")
@@ -55,8 +57,7 @@ def _emulate(argv: list[str]) -> int:
         run_emulator(args.trace, args.listen, args.upstream, delay_ms=args.delay_ms, loss=args.loss,
                      down_trace_spec=args.down_trace, jitter_ms=args.jitter_ms, seed=args.seed)
     except ValueError as exc:  # bad spec or address: raised before any socket is opened
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(parser.prog, str(exc))
     except OSError as exc:  # e.g. the listen port is taken
         print(f"{parser.prog}: error: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -108,12 +109,9 @@ def _simulate(argv: list[str]) -> int:
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="mean exponential jitter per direction (default 0)")
     parser.add_argument("--loss", default=None, metavar="SPEC", help="bernoulli:P or ge:P_GB,P_BG[,LG,LB] (default none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the jitter/loss streams (default 0)")
-    parser.add_argument("--hedge", action=argparse.BooleanOptionalAction, default=True,
-                        help="auto: run each remote frame locally too while its result is awaited and take whichever "
-                             "finishes first (default: on; the fixed policies and the oracle never hedge)")
-    parser.add_argument("--link-probes", action=argparse.BooleanOptionalAction, default=True,
-                        help="auto: measure an unused link with filler-byte probes sent beside local frames, which "
-                             "the server answers at once (default: on; off: with hedged remote frames)")
+    add_auto_switches(parser, "auto", "run each remote frame locally too while its result is awaited and take "
+                                      "whichever finishes first (default: on; the fixed policies and the oracle "
+                                      "never hedge)")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -122,19 +120,18 @@ def _simulate(argv: list[str]) -> int:
     try:
         setup = _simulate_setup(args)
     except ValueError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(parser.prog, str(exc))
     return _simulate_run(args, *setup)
 
 
 def _simulate_setup(args: argparse.Namespace):
     """Validate and load everything (profiles, traces, options); ValueError with a one-line message otherwise."""
-    from mobile_client.controller import Controller, scaled
-    from mobile_client.profiles import costs_from_profiles, read_profile
+    from mobile_client.controller import Controller
+    from mobile_client.costs import costs_from_profiles, read_profile, scaled
 
     from .experiment import SimConfig
     from .links import parse_loss
-    from .traces import load_trace
+    from .trace_files import load_trace
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]

@@ -30,6 +30,12 @@ How it shapes, and why:
   other once all earlier data was delivered; the connection is closed when
   both directions have finished, or torn down when either side resets.
   Connection setup is not delayed (the proxy accepts locally).
+
+How well it follows the model is measured, not assumed: :func:`time_uploads`
+moves a known payload through a real emulator on 127.0.0.1 and times it
+against the Link model's answer for the same exchange
+(``scripts/emulator_agreement.py`` writes ``results/emulator/agreement.json``
+with it; ``tests/test_emulator.py`` asserts the agreement with it).
 """
 
 from __future__ import annotations
@@ -37,14 +43,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import struct
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Union
 
 from .links import Link, parse_loss
-from .traces import load_trace
+from .trace_files import load_trace
 
-__all__ = ["LinkEmulator", "run_emulator", "make_links", "parse_hostport"]
+__all__ = ["LinkEmulator", "run_emulator", "make_links", "parse_hostport", "UploadTiming", "time_uploads"]
 
 HostPort = tuple[str, int]
 _READ_SIZE = 64 * 1024
@@ -276,3 +284,70 @@ async def _serve(emulator: LinkEmulator) -> None:
     finally:
         await emulator.stop()
         sys.stdout.flush()
+
+
+# -- agreement with the Link model ---------------------------------------------
+
+_LOOPBACK = "127.0.0.1"
+_ACK = b"ok"
+
+
+@dataclass(frozen=True)
+class UploadTiming:
+    """Uploads through the emulator, timed, beside the Link model's answer for the same exchange."""
+
+    measured_s: tuple[float, ...]  # each connection's time from its first byte written to the sink's ack
+    predicted_s: float  # the model's time for the last of them (all uploads queue on the one uplink)
+
+    @property
+    def error(self) -> float:
+        """Relative error of the slowest measured upload against the model (+: the emulator was slower)."""
+        return max(self.measured_s) / self.predicted_s - 1
+
+
+async def time_uploads(trace_spec: str, nbytes: int, delay_ms: float, connections: int = 1) -> UploadTiming:
+    """Send ``nbytes`` on each of ``connections`` concurrent connections through an emulator of
+    ``trace_spec`` (downlink: no rate limit; both ways ``delay_ms``) to a sink that answers a 2-byte
+    ack, all on 127.0.0.1, and time each until its ack; the model's answer: ``connections - 1``
+    payloads ahead on the uplink, then this one, then the ack on the downlink."""
+    if nbytes < 4 or connections < 1:
+        raise ValueError(f"need nbytes >= 4 and connections >= 1, got {nbytes}, {connections}")
+    sink = await asyncio.start_server(_sink, _LOOPBACK, 0)
+    emulator = LinkEmulator((_LOOPBACK, 0), (_LOOPBACK, sink.sockets[0].getsockname()[1]),
+                            Link(trace_spec, delay_ms=delay_ms), Link(None, delay_ms=delay_ms))
+    async with sink, emulator:
+        t_send = emulator.now()
+        measured = await asyncio.gather(*(_timed_upload(emulator.bound_port, nbytes) for _ in range(connections)))
+    up, down = Link(trace_spec, delay_ms=delay_ms), Link(None, delay_ms=delay_ms)
+    for _ in range(connections - 1):
+        up.send(nbytes, t_send)
+    at_sink = up.send(nbytes, t_send).arrival_s
+    return UploadTiming(tuple(measured), down.send(len(_ACK), at_sink).arrival_s - t_send)
+
+
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads a 4-byte length then that many bytes, answers the ack, waits for EOF."""
+    try:
+        (n,) = struct.unpack("!I", await reader.readexactly(4))
+        await reader.readexactly(n)
+        writer.write(_ACK)
+        await writer.drain()
+        await reader.read()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _timed_upload(port: int, nbytes: int) -> float:
+    """Send a length-prefixed payload of ``nbytes`` in all to the emulator and wait for the ack; seconds."""
+    reader, writer = await asyncio.open_connection(_LOOPBACK, port)
+    t0 = time.monotonic()
+    writer.write(struct.pack("!I", nbytes - 4) + bytes(nbytes - 4))
+    await writer.drain()
+    if await reader.readexactly(len(_ACK)) != _ACK:
+        raise RuntimeError("the sink behind the emulator answered something other than its ack")
+    elapsed = time.monotonic() - t0
+    writer.close()
+    await writer.wait_closed()
+    return elapsed

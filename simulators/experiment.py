@@ -2,100 +2,62 @@
 
 The point of this module is to answer "which mode, and is the controller any
 good?" for a link that is not on the desk: it replays a bandwidth trace
-through the same :class:`~simulators.links.Link` the emulator uses and drives
-the *real* :class:`~mobile_client.controller.Controller` with simulated
-times, so a simulated figure and a live run (``splitedge run`` behind
-``splitedge emulate``) are comparable.
+through the same :class:`~simulators.links.Link` the emulator uses and runs
+the live device's session driver (:class:`~mobile_client.session.Session`)
+and controller on a virtual clock (:class:`~simulators.sim_io.SimIO`), so a
+simulated figure and a live run (``splitedge run`` behind ``splitedge
+emulate``) follow the same rules step for step.
 
 Model, and why each choice was made:
 
 * **Session start.**  As the live client connects before its first frame,
-  each run starts with the connect phase of ``auto``'s client
-  (:func:`_connect`): :data:`RTT_PINGS` tiny round trips, then the link
-  probe its controller asks for, each waited for at most
-  :data:`PING_TIMEOUT_S`. Frame ``i`` arrives at ``ready + i / fps``,
-  ``ready`` the end of that phase, for *every* policy, so that all of them
-  see their frames at the same times on the trace (the connect phase itself
-  is no frame's latency; ``run.json`` and the CLI say how long it took).
-* **Frames and queueing.**  Frame ``i`` arrives at ``ready + i / fps``.  The device
-  serves one frame at a time and waits for a frame's result before starting
-  the next, exactly like :class:`mobile_client.runtime.DeviceRuntime`, so a
+  each run starts with the connect phase of ``auto``'s session
+  (:meth:`~mobile_client.session.Session.connect`): :data:`RTT_PINGS` tiny
+  round trips, then the link probe its controller asks for, each waited for
+  at most :data:`PING_TIMEOUT_S`. Frame ``i`` arrives at ``ready + i /
+  fps``, ``ready`` the end of that phase, for *every* policy (the others
+  only peek at the links), so that all of them see their frames at the same
+  times on the trace (the connect phase itself is no frame's latency;
+  ``run.json`` and the CLI say how long it took).
+* **Frames and queueing.**  The device serves one frame at a time and waits
+  for a frame's result before starting the next, like the live device, so a
   frame starts at ``max(arrival, previous done)`` and ``e2e = done -
   arrival`` includes the time spent waiting behind earlier frames.  A policy
   whose per-frame time exceeds the frame interval therefore pays for it in
   every later frame, which is what a user of a camera pipeline sees.
 * **Modes** (DESIGN.md §1/§3), with compute times from measured profiles:
-
-  - ``local``: device full model;
-  - ``split``: device head, uplink ``bytes_split``, edge tail, downlink result;
-  - ``offload``: device JPEG encode, uplink ``bytes_jpeg``, edge full model
-    (the profile's ``offload_edge`` already includes the JPEG decode),
-    downlink result.
-
-  The result (detections, ~300 bytes) travels on a separate downlink
+  ``local`` the device's full model; ``split`` the device head, uplink
+  ``bytes_split``, edge tail, downlink result; ``offload`` the device JPEG
+  encode, uplink ``bytes_jpeg``, edge full model (the profile's
+  ``offload_edge`` already includes the JPEG decode), downlink result. The
+  result (detections, ~300 bytes) travels on a separate downlink
   :class:`Link` with the same one-way delay and no rate limit unless a
   downlink trace is given, so with a constant uplink a remote frame takes
   exactly DESIGN.md's ``compute + wire_bytes * 8 / B + RTT`` (``RTT = 2 *
   delay``; wire bytes include the link's TCP/IP headers).
 * **Device slowdown** ``K`` multiplies the device-side times with
-  :func:`mobile_client.controller.scaled` (the stand-in for a phone or a
+  :func:`mobile_client.costs.scaled` (the stand-in for a phone or a
   Raspberry Pi).  The controller is given the *scaled* costs, i.e. a profile
   measured on that device, as ``splitedge profile --device-slowdown K``
   would write it.
-* **Policies.**  ``local``, ``split``, ``offload`` always use one mode.
-  ``auto`` is the live client's controller, fed exactly as the runtime feeds
-  it: ``choose(start)``; for a remote frame ``observe(mode, payload_bytes,
-  send-to-result seconds, edge seconds, now=done)``; for a local frame
-  ``observe_local(device seconds, now=start)``.  Before the first frame
-  it is told the fastest of the connect phase's round trips
-  (:data:`DESCRIBE_BYTES` up, ``result_bytes`` down), as the live client
-  times its ``Describe`` calls, and the answer to its connect probe, so its
-  first frame is chosen knowing the link. **Link probes** the controller
-  asks for beside a local frame (``Decision.probe_bytes``) are sent on the
-  uplink as the frame starts and answered by the server at once
-  (:data:`PROBE_REPLY_BYTES` down); the answer is reported with
-  :meth:`~mobile_client.controller.Controller.observe_probe` at the first
-  decision after it arrives. They occupy the uplink like any payload and
-  count in ``mean_bytes``; they cost the frame nothing else.
-  **Deadlines**, as in the runtime: a remote frame whose result is not back
-  by the decision's ``deadline_s`` is served locally from that moment (mode
-  ``local``, reason ``"deadline"``; its device time is the head plus the
-  full model, its network time the wait), and the controller is told
-  :meth:`~mobile_client.controller.Controller.missed`.  The abandoned
-  payload still occupies the uplink (TCP keeps sending it), which the
-  link's FIFO models since the transfer was committed; when its result
-  would have arrived, the controller is told
-  :meth:`~mobile_client.controller.Controller.observe_late` (before the
-  next decision or observation after that time, with that arrival time, as
-  the runtime's reader thread timestamps it).  **Hedging** (the
-  controller's default, ``Decision.hedge``; see the controller's module
-  docstring): once a remote frame's payload is sent, the device runs the
-  frame's local continuation, which finishes at ``sent +``
-  :func:`~mobile_client.controller.hedge_local_ms` (for split the original
-  model from the split point's pre-bottleneck features,
-  ``ModeCosts.t_resume_device_ms``, which ``splitedge profile`` does not
-  measure on its own: :func:`mobile_client.profiles.costs_from_profiles`
-  prices it as ``full - (full - tail)``, the head without its bottleneck
-  approximated by ``full - tail``; for offload the whole model).  The
-  frame is done at the earlier of that and the remote result; if the local
-  run wins, the record is ``local`` with reason ``"hedge"`` (device time
-  head + continuation, network time the payload's time in flight until
-  then), the controller is told ``missed`` at that moment and the result
-  is reported late as above; the payload still occupies the uplink.  If
-  the result wins, the local run is dropped at once (live: at the next
-  stage boundary, at most one stage later, which is not modelled).  The
-  deadline is moot for a hedged frame (the local run always ends first).
-  The speculative run's CPU time and energy are not modelled.  The fixed
-  policies and the oracle have no deadline and never hedge: they are the
-  yardsticks.  ``oracle`` knows the future
-  channel: for every frame it :meth:`Link.peek`\\ s each mode's actual
-  completion time and commits the earliest.  Because the device waits for
-  each result, the uplink is idle again when the next frame starts, so the
-  only state carried from frame to frame is the time the device becomes
-  free; finishing every frame as early as possible is then also optimal for
-  all later frames, and the greedy oracle is the best any policy can do
-  (the yardstick for ``auto``). With jitter or loss this holds only
-  approximately: which mode ran changes which random draws later frames get.
+* **Policies.**  ``auto`` is the session driver with the live client's
+  controller: deadlines, hedging, link probes and late results as
+  :mod:`simulators.sim_io` models them. A hedged split frame's local
+  continuation costs ``ModeCosts.t_resume_device_ms``, which ``splitedge
+  profile`` does not measure on its own:
+  :func:`mobile_client.costs.costs_from_profiles` prices it as the device's
+  tail time. The speculative run's CPU time and energy are not modelled.
+  ``local``, ``split``, ``offload`` always use one mode, and ``oracle``
+  knows the future channel: for every frame it :meth:`Link.peek`\\ s each
+  mode's actual completion time and commits the earliest. They have no
+  deadline and never hedge: they are the yardsticks. Because the device
+  waits for each result, the uplink is idle again when the next frame
+  starts, so the only state carried from frame to frame is the time the
+  device becomes free; finishing every frame as early as possible is then
+  also optimal for all later frames, and the greedy oracle is the best any
+  policy can do (the yardstick for ``auto``). With jitter or loss this holds
+  only approximately: which mode ran changes which random draws later frames
+  get.
 * **Compute times are deterministic** (the profile's medians): the
   variation under study is the network's, and a deterministic device keeps
   the oracle exact and the runs replayable.
@@ -103,16 +65,18 @@ Model, and why each choice was made:
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from mobile_client.controller import Controller, ModeCosts, hedge_local_ms
+from mobile_client.controller import Controller
+from mobile_client.costs import ModeCosts
+from mobile_client.session import Session
 
 from .links import HEADER_BYTES, Link
+from .sim_io import SimIO, mode_table
 from .traces import ConstantTrace, Trace
 
 __all__ = [
@@ -133,8 +97,6 @@ __all__ = [
 POLICIES: tuple[str, ...] = ("local", "split", "offload", "auto", "oracle")
 FIXED_POLICIES: tuple[str, ...] = ("local", "split", "offload")
 RESULT_BYTES = 300  # a handful of detections in a protobuf Result
-DESCRIBE_BYTES = 100  # an empty DescribeRequest with its gRPC/HTTP2 framing (the reply: ``result_bytes``)
-PROBE_REPLY_BYTES = 30  # a link probe's answer: an empty Result with its framing
 RTT_PINGS = 3  # Describe calls timed at connect, as mobile_client.runtime.RuntimeOptions.rtt_pings
 PING_TIMEOUT_S = 5.0  # ... each given up on after this long, as RuntimeOptions.connect_timeout_s
 
@@ -225,27 +187,33 @@ class SimConfig:
         return up, down
 
 
-def _mode_table(costs: ModeCosts) -> dict[str, tuple[float, int, float]]:
-    """(device s, payload bytes, edge s) per mode."""
-    return {
-        "local": (costs.t_full_device_ms / 1e3, 0, 0.0),
-        "split": (costs.t_head_device_ms / 1e3, int(costs.bytes_split), costs.t_tail_edge_ms / 1e3),
-        "offload": (costs.t_jpeg_encode_ms / 1e3, int(costs.bytes_jpeg),
-                    (costs.t_jpeg_decode_edge_ms + costs.t_full_edge_ms) / 1e3),
-    }
-
-
 def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
     """Run ``config.frames`` frames of one policy over one uplink trace; one record per frame, in order."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
-    table = _mode_table(config.costs)
     up, down = config.links(trace)
-    result_bytes = config.result_bytes
-    controller = None
-    if policy == "auto":
-        factory = config.controller_factory or Controller
-        controller = factory(config.costs)
+    factory = config.controller_factory or Controller
+    # The connect phase of auto's client, for every policy (the others only peek at the links).
+    io = SimIO(up, down, config.costs, config.result_bytes, commit=policy == "auto")
+    session = Session(factory(config.costs), io, rtt_pings=RTT_PINGS, connect_timeout_s=PING_TIMEOUT_S)
+    session.connect()
+    ready = io.now()
+    arrivals = (ready + i / config.fps for i in range(config.frames))
+    if policy != "auto":
+        return _fixed(policy, up, down, config, arrivals)
+    records = []
+    for i, arrival in enumerate(arrivals):
+        io.begin(arrival)
+        served = session.step(i, None)
+        records.append(FrameRecord(i, served.mode, served.reason, arrival, served.start_s, served.done_s,
+                                   served.device_s * 1e3, served.network_s * 1e3, served.server_s * 1e3,
+                                   served.payload_bytes, served.probe_bytes))
+    return records
+
+
+def _fixed(policy: str, up: Link, down: Link, config: SimConfig, arrivals: Iterable[float]) -> list[FrameRecord]:
+    """The yardsticks: one mode throughout, or the oracle's best mode per frame in hindsight; no deadlines."""
+    table = mode_table(config.costs)
 
     def run(mode: str, start: float, commit: bool) -> tuple[float, float, float]:
         """(done s, device s, network s) of ``mode`` started at ``start``; ``commit=False`` only peeks."""
@@ -256,132 +224,21 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
         send_up = up.send if commit else up.peek
         send_down = down.send if commit else down.peek
         at_edge = send_up(nbytes, sent).arrival_s
-        done = send_down(result_bytes, at_edge + edge_s).arrival_s
+        done = send_down(config.result_bytes, at_edge + edge_s).arrival_s
         return done, dev_s, done - sent - edge_s
 
     records: list[FrameRecord] = []
-    interval = 1.0 / config.fps
-    # Answers not yet arrived: (at, kind, mode, bytes, send-to-answer s, edge s); kind "late" (an abandoned
-    # frame's result) or "probe" (a link probe's answer).
-    late: list[tuple[float, str, str, int, float, float]] = []
-    ready = _connect(up, down, result_bytes, controller, config, late)
-    free_at = ready
-
-    def report_late(now: float) -> None:
-        """Tell the controller what it has learnt by ``now``: late results and link probes' answers."""
-        while late and late[0][0] <= now:
-            at, kind, mode_, nbytes_, total_s, edge_s_ = late.pop(0)
-            if kind == "probe":
-                controller.observe_probe(nbytes_, total_s, edge_s_, at)
-            else:
-                controller.observe_late(mode_, nbytes_, total_s, edge_s_, at)
-
-    for i in range(config.frames):
-        arrival = ready + i * interval
+    free_at = -math.inf
+    for i, arrival in enumerate(arrivals):
         start = arrival if arrival > free_at else free_at
-        deadline, hedge, probe_bytes = None, False, 0
-        if policy == "oracle":
-            # Earliest completion in hindsight; ties go to the mode that sends fewer bytes.
+        mode = policy
+        if policy == "oracle":  # earliest completion in hindsight; ties go to the mode that sends fewer bytes
             mode = min(FIXED_POLICIES, key=lambda m: (run(m, start, commit=False)[0], table[m][1]))
-            reason = "oracle"
-        elif controller is not None:
-            report_late(start)
-            decision = controller.choose(start)
-            mode, reason, deadline, hedge = decision.mode, decision.reason, decision.deadline_s, decision.hedge
-            if mode == "local" and decision.probe_bytes > 0:
-                # A link probe, sent as the local run starts: it occupies the uplink like any payload, and the
-                # server answers it at once.
-                probe_bytes = decision.probe_bytes
-                answered = _probe_answered_at(up, down, probe_bytes, start, commit=True)
-                bisect.insort(late, (answered, "probe", mode, probe_bytes, answered - start, 0.0))
-        else:
-            mode, reason = policy, policy
         done, dev_s, net_s = run(mode, start, commit=True)
-        dev_ms, edge_ms = dev_s * 1e3, table[mode][2] * 1e3
-        if controller is not None:
-            sent = start + dev_s
-            if mode != "local" and hedge:
-                local_done = sent + hedge_local_ms(config.costs, mode) / 1e3
-                if local_done < done:
-                    # The local continuation won the race: the frame is served from it; the payload and its
-                    # result still travel (reported late), and the controller treats it as a missed deadline.
-                    bisect.insort(late, (done, "late", mode, table[mode][1], done - sent, table[mode][2]))
-                    controller.missed(mode, table[mode][1], local_done - sent, local_done)
-                    report_late(local_done)  # as the runtime: after the miss, which ignores older news
-                    records.append(FrameRecord(i, "local", "hedge", arrival, start, local_done,
-                                               (local_done - start) * 1e3, (local_done - sent) * 1e3, 0.0,
-                                               table[mode][1]))
-                    free_at = local_done
-                    continue
-            elif mode != "local" and deadline is not None and done > deadline:
-                # Given up at the deadline (at once if the head outlasted it, as the runtime's zero wait):
-                # served locally; the payload and its result still travel.
-                gave_up = max(deadline, sent)
-                bisect.insort(late, (done, "late", mode, table[mode][1], done - sent, table[mode][2]))
-                controller.missed(mode, table[mode][1], gave_up - sent, gave_up)
-                report_late(gave_up)  # what arrived while waiting: older news than this miss, which it ignores
-                local_s = table["local"][0]
-                controller.observe_local(local_s, start)  # as the runtime's _run_local: at the frame's start
-                records.append(FrameRecord(i, "local", "deadline", arrival, start, gave_up + local_s,
-                                           (dev_s + local_s) * 1e3, (gave_up - sent) * 1e3, 0.0, table[mode][1]))
-                free_at = gave_up + local_s
-                continue
-            if mode == "local":
-                controller.observe_local(dev_s, start)
-            else:
-                report_late(done)
-                controller.observe(mode, table[mode][1], done - start - dev_s, table[mode][2], done)
-        records.append(FrameRecord(i, mode, reason, arrival, start, done, dev_ms, net_s * 1e3, edge_ms,
-                                   table[mode][1], probe_bytes))
+        records.append(FrameRecord(i, mode, policy, arrival, start, done, dev_s * 1e3, net_s * 1e3,
+                                   table[mode][2] * 1e3, table[mode][1]))
         free_at = done
     return records
-
-
-def _probe_answered_at(up: Link, down: Link, nbytes: int, at: float, commit: bool) -> float:
-    """When the answer to a link probe of ``nbytes`` sent at ``at`` is back (the server answers at once).
-
-    ``commit=False`` only peeks: the links stay as they were.
-    """
-    send_up, send_down = (up.send, down.send) if commit else (up.peek, down.peek)
-    return send_down(PROBE_REPLY_BYTES, send_up(nbytes, at).arrival_s).arrival_s
-
-
-def _connect(up: Link, down: Link, result_bytes: int, controller: Controller | None, config: SimConfig,
-             late: list) -> float:
-    """The session's start, as the live client's ``connect``: when its first frame may start (s on the trace).
-
-    The client times :data:`RTT_PINGS` tiny round trips one after the other
-    (its ``Describe`` calls, each given up on after :data:`PING_TIMEOUT_S`),
-    then sends the link probe its controller asks for
-    (:meth:`~mobile_client.controller.Controller.connect_probe`) and waits
-    for the answer as long again. All of it is timed for every policy, so
-    that all of them see their frames at the same times on the trace; for
-    ``auto`` the controller is told (an answer that comes after the wait is
-    told later, like any probe's) and the probe occupies the uplink, for the
-    others the links are only peeked. ``controller`` is ``auto``'s, ``None``
-    for the other policies.
-    """
-    ready, rtt_best = 0.0, math.inf
-    for _ in range(RTT_PINGS):
-        back = down.peek(result_bytes, up.peek(DESCRIBE_BYTES, ready).arrival_s).arrival_s
-        if back - ready > PING_TIMEOUT_S:  # given up on, and the pinging with it (as the runtime's _measure_rtt)
-            ready += PING_TIMEOUT_S
-            break
-        rtt_best, ready = min(rtt_best, back - ready), back
-    client = controller if controller is not None else (config.controller_factory or Controller)(config.costs)
-    if math.isfinite(rtt_best):
-        client.observe_rtt(rtt_best, ready)
-    nbytes = client.connect_probe(ready)
-    if not nbytes:
-        return ready
-    answered = _probe_answered_at(up, down, nbytes, ready, commit=controller is not None)
-    if answered - ready > PING_TIMEOUT_S:
-        if controller is not None:
-            bisect.insort(late, (answered, "probe", "local", nbytes, answered - ready, 0.0))
-        return ready + PING_TIMEOUT_S
-    if controller is not None:
-        controller.observe_probe(nbytes, answered - ready, 0.0, answered)
-    return answered
 
 
 def summarize(trace_name: str, policy: str, records: Sequence[FrameRecord]) -> Summary:
@@ -498,7 +355,7 @@ def expected_fixed_ms(costs: ModeCosts, mode: str, mbps: float, delay_ms: float,
     40-byte TCP/IP header of every ``mss``-byte packet: what the simulator
     must reproduce when no frame waits behind another (the tests' reference).
     """
-    dev, nbytes, edge = _mode_table(costs)[mode]
+    dev, nbytes, edge = mode_table(costs)[mode]
     if mode == "local":
         return dev * 1e3
     packets = -(-nbytes // mss)

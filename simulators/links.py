@@ -50,7 +50,8 @@ from typing import Union
 
 import numpy as np
 
-from .traces import Trace, load_trace
+from .trace_files import load_trace
+from .traces import Trace
 
 __all__ = [
     "Delivery",

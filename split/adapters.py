@@ -3,8 +3,10 @@
 A split cuts a model's backbone into an ordered list of `Stage`s. Some stages are *taps*:
 their output feeds a later part of the model (FPN levels, SSD heads). The head runs the
 model's own preprocessing and the stages up to the split point; the tail runs the remaining
-stages and then the family's own post-backbone pipeline (`finish`), written to read like the
-torchvision `forward` it mirrors (transform -> backbone -> rpn -> roi_heads -> postprocess).
+stages and then the family's own post-backbone pipeline, its *finisher*: a module written to
+read like the torchvision `forward` it mirrors (transform -> backbone -> rpn -> roi_heads ->
+postprocess). A finisher registers only the parts it runs (FPN, RPN, RoI heads; not the
+backbone the head runs) and takes tensors and sizes, no dataclass, so the tail exports.
 
 Why stages instead of torch.fx: torchvision's detectors carry Python control flow (ImageList,
 dict outputs, anchor generation) that fx cannot trace, while their backbones *are* plain
@@ -14,8 +16,8 @@ split without bottleneck computes bit-for-bit what the original does.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -28,9 +30,10 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes, resize_keypoints
 
-__all__ = ["Adapter", "ImageBatch", "Stage", "adapter_for"]
+__all__ = ["Adapter", "ImageBatch", "Outputs", "Size", "Stage", "adapter_for"]
 
 Outputs = dict[str, Tensor]
+Size = tuple[int, int]  # (height, width)
 
 
 @dataclass
@@ -48,11 +51,11 @@ class ImageBatch:
     """The preprocessed input of one frame and the sizes the tail needs to map boxes back."""
 
     tensor: Tensor  # [1, 3, H, W], normalized, padded
-    image_size: tuple[int, int]  # after resize, before padding
-    original_size: tuple[int, int]  # as captured
+    image_size: Size  # after resize, before padding
+    original_size: Size  # as captured
 
     @property
-    def batch_size(self) -> tuple[int, int]:
+    def batch_size(self) -> Size:
         return int(self.tensor.shape[-2]), int(self.tensor.shape[-1])
 
 
@@ -67,17 +70,118 @@ class _L2Rescale(nn.Module):
         return self.owner[0].scale_weight.view(1, -1, 1, 1) * F.normalize(x)
 
 
-def _size(t: Tensor | tuple[int, int]) -> tuple[int, int]:
+def _size(t: Tensor | Size) -> Size:
     return int(t[-2]), int(t[-1])
+
+
+def _top_k(logits: Tensor, k: int) -> Outputs:
+    probs = logits.softmax(-1)[0]
+    scores, labels = probs.topk(min(k, probs.numel()))
+    return {"labels": labels, "scores": scores, "logits": logits[0]}
+
+
+class _DetectorFinish(nn.Module):
+    """What every detector finisher shares: the image list its heads expect, and the map back
+    from the resized frame to original pixels (the model's own `transform.postprocess`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.transform = model.transform
+
+    @staticmethod
+    def _image_list(x: Tensor, batch_size: Size, image_size: Size) -> ImageList:
+        # Anchor generators read only the padded batch's shape, dtype and device: a
+        # zero-stride view stands for the image batch without allocating it.
+        ghost = torch.zeros((), dtype=x.dtype, device=x.device).expand(1, 3, *batch_size)
+        return ImageList(ghost, [image_size])
+
+    def _postprocess(self, detections: list[Outputs], images: ImageList, original_size: Size) -> Outputs:
+        return self.transform.postprocess(detections, images.image_sizes, [original_size])[0]
+
+
+class RcnnFinish(_DetectorFinish):
+    """Faster, Mask and Keypoint R-CNN after the backbone body: FPN, RPN, RoI heads."""
+
+    def __init__(self, model: GeneralizedRCNN) -> None:
+        super().__init__(model)
+        self.fpn, self.rpn, self.roi_heads = model.backbone.fpn, model.rpn, model.roi_heads
+
+    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
+                original_size: Size) -> Outputs:
+        images = self._image_list(x, batch_size, image_size)
+        features = self.fpn(taps)
+        proposals, _ = self.rpn(images, features)
+        detections, _ = self.roi_heads(features, proposals, images.image_sizes)
+        return self._postprocess(detections, images, original_size)
+
+
+class DenseFinish(_DetectorFinish):
+    """RetinaNet and FCOS after the backbone body: FPN, dense head, anchors split per level."""
+
+    def __init__(self, model: RetinaNet | FCOS) -> None:
+        super().__init__(model)
+        self.fpn, self.head, self.anchor_generator = model.backbone.fpn, model.head, model.anchor_generator
+        self._detect = model.postprocess_detections  # parameter-free: a bound method, not a registered module
+
+    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
+                original_size: Size) -> Outputs:
+        images = self._image_list(x, batch_size, image_size)
+        features = list(self.fpn(taps).values())
+        head_outputs = self.head(features)
+        anchors = self.anchor_generator(images, features)
+        locations = [f.size(2) * f.size(3) for f in features]
+        per_location = head_outputs["cls_logits"].size(1) // sum(locations)  # A (1 for FCOS)
+        per_level = [n * per_location for n in locations]
+        split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        detections = self._detect(split_outputs, split_anchors, images.image_sizes)
+        return self._postprocess(detections, images, original_size)
+
+
+class SsdFinish(_DetectorFinish):
+    """SSD and SSDlite after the backbone: the heads over every tapped feature map."""
+
+    def __init__(self, model: SSD) -> None:
+        super().__init__(model)
+        self.head, self.anchor_generator = model.head, model.anchor_generator
+        self._detect = model.postprocess_detections  # parameter-free: a bound method, not a registered module
+
+    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
+                original_size: Size) -> Outputs:
+        images = self._image_list(x, batch_size, image_size)
+        features = list(taps.values())
+        head_outputs = self.head(features)
+        anchors = self.anchor_generator(images, features)
+        detections = self._detect(head_outputs, anchors, images.image_sizes)
+        return self._postprocess(detections, images, original_size)
+
+
+class ClassifierFinish(nn.Module):
+    """A classifier's logits to top-k labels and softmax scores; the sizes are not needed."""
+
+    def __init__(self, topk: int) -> None:
+        super().__init__()
+        self.topk = topk
+
+    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
+                original_size: Size) -> Outputs:
+        return _top_k(x, self.topk)
 
 
 class Adapter:
     """Base: what every family must say about itself. One instance wraps one model."""
 
     family: str = ""
+    options: tuple[str, ...] = ()  # the keyword options `split()` passes to this family's adapter
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+
+    @cached_property
+    def finisher(self) -> nn.Module:
+        """The tail's last module: `finisher(taps, x, batch_size, image_size, original_size) -> Outputs`,
+        everything after the backbone chain. One instance per adapter, so the tail and `finish` share it."""
+        raise NotImplementedError
 
     def stages(self) -> list[Stage]:
         raise NotImplementedError
@@ -90,15 +194,16 @@ class Adapter:
         """The resize alone (no normalization): what offload sends as JPEG."""
         raise NotImplementedError
 
-    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
-        """Everything after the backbone chain, from the tapped features to the outputs."""
-        raise NotImplementedError
+    def finish(self, taps: dict[str, Tensor], x: Tensor, sizes: ImageBatch) -> Outputs:
+        """Everything after the backbone chain, from the tapped features to the outputs: the
+        finisher on an `ImageBatch`'s sizes, for callers that hold one (the device's local run)."""
+        return self.finisher(taps, x, sizes.batch_size, sizes.image_size, sizes.original_size)
 
     def full(self, image: Tensor) -> Outputs:
         """The original model, unsplit, on one image."""
         raise NotImplementedError
 
-    def full_on_resized(self, resized: Tensor, original_size: tuple[int, int]) -> Outputs:
+    def full_on_resized(self, resized: Tensor, original_size: Size) -> Outputs:
         """The original model on an image already resized by `resize` (offload)."""
         raise NotImplementedError
 
@@ -117,7 +222,7 @@ class _DetectorAdapter(Adapter):
     def full(self, image: Tensor) -> Outputs:
         return self.model([image])[0]
 
-    def full_on_resized(self, resized: Tensor, original_size: tuple[int, int]) -> Outputs:
+    def full_on_resized(self, resized: Tensor, original_size: Size) -> Outputs:
         out = dict(self.model([resized])[0])
         size = _size(resized.shape)
         out["boxes"] = resize_boxes(out["boxes"], size, original_size)
@@ -126,14 +231,6 @@ class _DetectorAdapter(Adapter):
         if "masks" in out and out["masks"].numel():
             out["masks"] = F.interpolate(out["masks"], size=original_size, mode="bilinear")
         return out
-
-    @staticmethod
-    def _image_list(x: Tensor, sizes: ImageBatch) -> ImageList:
-        # Anchor generators read only the padded batch's shape, dtype and device: a
-        # zero-stride view stands for the image batch without allocating it.
-        h, w = sizes.batch_size
-        ghost = torch.zeros((), dtype=x.dtype, device=x.device).expand(1, 3, h, w)
-        return ImageList(ghost, [sizes.image_size])
 
 
 class _FpnDetectorAdapter(_DetectorAdapter):
@@ -148,31 +245,17 @@ class _FpnDetectorAdapter(_DetectorAdapter):
 class RcnnAdapter(_FpnDetectorAdapter):
     """Faster, Mask and Keypoint R-CNN."""
 
-    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
-        m = self.model
-        images = self._image_list(x, sizes)
-        features = m.backbone.fpn(taps)
-        proposals, _ = m.rpn(images, features)
-        detections, _ = m.roi_heads(features, proposals, images.image_sizes)
-        return m.transform.postprocess(detections, images.image_sizes, [sizes.original_size])[0]
+    @cached_property
+    def finisher(self) -> nn.Module:
+        return RcnnFinish(self.model)
 
 
 class DenseAdapter(_FpnDetectorAdapter):
     """RetinaNet and FCOS: dense heads over FPN levels, anchors split per level."""
 
-    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
-        m = self.model
-        images = self._image_list(x, sizes)
-        features = list(m.backbone.fpn(taps).values())
-        head_outputs = m.head(features)
-        anchors = m.anchor_generator(images, features)
-        locations = [f.size(2) * f.size(3) for f in features]
-        per_location = head_outputs["cls_logits"].size(1) // sum(locations)  # A (1 for FCOS)
-        per_level = [n * per_location for n in locations]
-        split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
-        split_anchors = [list(a.split(per_level)) for a in anchors]
-        detections = m.postprocess_detections(split_outputs, split_anchors, images.image_sizes)
-        return m.transform.postprocess(detections, images.image_sizes, [sizes.original_size])[0]
+    @cached_property
+    def finisher(self) -> nn.Module:
+        return DenseFinish(self.model)
 
 
 class SsdAdapter(_DetectorAdapter):
@@ -200,20 +283,16 @@ class SsdAdapter(_DetectorAdapter):
             out.append(Stage(f"backbone.extra.{n}", mod, str(n_taps + k)))
         return out
 
-    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
-        m = self.model
-        images = self._image_list(x, sizes)
-        features = list(taps.values())
-        head_outputs = m.head(features)
-        anchors = m.anchor_generator(images, features)
-        detections = m.postprocess_detections(head_outputs, anchors, images.image_sizes)
-        return m.transform.postprocess(detections, images.image_sizes, [sizes.original_size])[0]
+    @cached_property
+    def finisher(self) -> nn.Module:
+        return SsdFinish(self.model)
 
 
 class ClassifierAdapter(Adapter):
     """ResNet and MobileNetV2/V3 classifiers; outputs top-k labels and softmax scores."""
 
     family = "classifier"
+    options = ("resize_size", "crop_size", "topk")
     mean = (0.485, 0.456, 0.406)
     std = (0.229, 0.224, 0.225)
 
@@ -247,34 +326,42 @@ class ClassifierAdapter(Adapter):
         x = self._normalize(self.resize(image))
         return ImageBatch(x, _size(x.shape), _size(image.shape))
 
-    def _top(self, logits: Tensor) -> Outputs:
-        probs = logits.softmax(-1)[0]
-        scores, labels = probs.topk(min(self.topk, probs.numel()))
-        return {"labels": labels, "scores": scores, "logits": logits[0]}
-
-    def finish(self, taps: "OrderedDict[str, Tensor]", x: Tensor, sizes: ImageBatch) -> Outputs:
-        return self._top(x)
+    @cached_property
+    def finisher(self) -> nn.Module:
+        return ClassifierFinish(self.topk)
 
     def full(self, image: Tensor) -> Outputs:
-        return self._top(self.model(self.preprocess(image).tensor))
+        return _top_k(self.model(self.preprocess(image).tensor), self.topk)
 
-    def full_on_resized(self, resized: Tensor, original_size: tuple[int, int]) -> Outputs:
-        return self._top(self.model(self._normalize(resized)))
+    def full_on_resized(self, resized: Tensor, original_size: Size) -> Outputs:
+        return _top_k(self.model(self._normalize(resized)), self.topk)
 
 
-def adapter_for(model: nn.Module, **options: Any) -> Adapter:
-    """The adapter for a torchvision model, chosen by its class."""
+def adapter_class(model: nn.Module) -> type[Adapter]:
+    """The adapter class for a torchvision model, chosen by the model's class."""
     if isinstance(model, GeneralizedRCNN):
-        return RcnnAdapter(model)
+        return RcnnAdapter
     if isinstance(model, (RetinaNet, FCOS)):
-        return DenseAdapter(model)
+        return DenseAdapter
     if isinstance(model, SSD):
-        return SsdAdapter(model)
+        return SsdAdapter
     if hasattr(model, "layer1") and hasattr(model, "fc") or (
         hasattr(model, "features") and hasattr(model, "classifier")
     ):
-        return ClassifierAdapter(model, **options)
+        return ClassifierAdapter
     raise TypeError(
         f"no split adapter for {type(model).__name__}: supported are torchvision's GeneralizedRCNN "
         "(Faster/Mask/Keypoint R-CNN), RetinaNet, FCOS, SSD/SSDlite, ResNet and MobileNetV2/V3"
     )
+
+
+def adapter_for(model: nn.Module, **options: Any) -> Adapter:
+    """The adapter for a torchvision model; an option its family does not take raises TypeError
+    (a misspelled option must not be ignored: it would silently change what is sent)."""
+    cls = adapter_class(model)
+    unknown = sorted(set(options) - set(cls.options))
+    if unknown:
+        family = f" and, for a {cls.family}, {', '.join(cls.options)}" if cls.options else ""
+        raise TypeError(f"unknown option {unknown[0]!r} for {type(model).__name__}: "
+                        f"split() takes codec, name, own_head{family}")
+    return cls(model, **options)

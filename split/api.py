@@ -2,7 +2,9 @@
 
 The device calls `encode(images) -> list[bytes]`, the edge calls `decode(payload) -> outputs`;
 `split_model(images)` is `decode(encode(images))`. With `bottleneck=None` and the lossless
-float32 codec, the outputs equal the original model's.
+float32 codec, the outputs equal the original model's. `.head` and `.tail` are plain modules
+that take tensors and sizes and return tensors, so `split.export` exports each with
+torch.export; `encode` and `decode` wrap them with preprocessing, the codec and the payload.
 
 The payload is the protocol's `Payload` message (a protobuf, not a hand-made header): that is
 why `split` imports `protos` for that one message, the single exception to DESIGN.md's import
@@ -14,8 +16,9 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
+import warnings
 from collections import OrderedDict
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -23,11 +26,12 @@ from torch import Tensor, nn
 
 from bottlenecks import Bottleneck, CodecError, EncodedTensor, JpegCodec, TensorCodec, get_codec
 from protos import splitedge_pb2 as pb
-from split.adapters import Adapter, ImageBatch, Outputs, Stage, adapter_for
+from split.adapters import Outputs, Size, Stage, adapter_for
 
-__all__ = ["PayloadMismatch", "SplitModel", "split"]
+__all__ = ["Head", "PayloadMismatch", "SplitModel", "Tail", "split"]
 
 MAX_SIDE = 4096  # a payload claiming a larger image is rejected before any compute
+_SPLIT_SIZES = 64  # padded batch sizes whose split size a model remembers
 
 
 class PayloadMismatch(ValueError):
@@ -35,7 +39,8 @@ class PayloadMismatch(ValueError):
 
 
 class _Chain(nn.Module):
-    """Runs a slice of the stage chain, collecting tapped outputs for the later parts."""
+    """Runs a slice of the stage chain; given a `taps` dict, fills in the tapped outputs the
+    later parts need (the head passes none: what it taps, the tail recomputes from its input)."""
 
     def __init__(self, stages: list[Stage]) -> None:
         super().__init__()
@@ -44,53 +49,68 @@ class _Chain(nn.Module):
         self.blocks = nn.ModuleList([s.module for s in stages])
         self.tap_fns = nn.ModuleList([s.tap_fn or nn.Identity() for s in stages])
 
-    def forward(self, x: Tensor, taps: "OrderedDict[str, Tensor]") -> Tensor:
+    def forward(self, x: Tensor, taps: dict[str, Tensor] | None = None) -> Tensor:
         for block, tap, tap_fn in zip(self.blocks, self.taps, self.tap_fns):
             x = block(x)
-            if tap is not None:
+            if tap is not None and taps is not None:
                 taps[tap] = tap_fn(x)
         return x
 
 
 class Head(nn.Module):
-    """Device side: the backbone up to the split point, then the bottleneck encoder."""
+    """Device side: the backbone up to the split point, the prefilter's gate, the bottleneck encoder.
+
+    `forward` takes the preprocessed frame [1, 3, H, W] and returns the tensor to send and the
+    split point's spatial size (which the tail needs to undo the bottleneck's downsampling);
+    torch.export keeps the size as a constant of the exported program. A frame the prefilter
+    drops gives an empty tensor: nothing is sent for it, as `encode` gives `b""`. The prefilter
+    sits here, between the chain and the encoder, so a dropped frame costs only its few convs;
+    its decision is data-dependent, so a head exports without one (`split.export`).
+    """
 
     def __init__(self, stages: list[Stage], encoder: nn.Module | None) -> None:
         super().__init__()
         self.chain = _Chain(stages)
         self.encoder = encoder if encoder is not None else nn.Identity()
+        self.prefilter: nn.Module | None = None  # anything with .keep(features) -> bool
 
-    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        x = self.chain(x, OrderedDict())
-        return self.encoder(x), (int(x.shape[-2]), int(x.shape[-1]))
+    def forward(self, x: Tensor) -> tuple[Tensor, Size]:
+        features = self.chain(x)
+        split_size = (int(features.shape[-2]), int(features.shape[-1]))
+        if self.prefilter is not None and not self.prefilter.keep(features):
+            return features.new_empty(0), split_size
+        return self.encoder(features), split_size
 
 
 class Tail(nn.Module):
-    """Edge side: the bottleneck decoder, the rest of the backbone, the family's finish."""
+    """Edge side: the bottleneck decoder, the rest of the backbone, the family's finisher.
 
-    def __init__(self, adapter: Adapter, split_tap: str | None, stages: list[Stage],
-                 bottleneck: Bottleneck | None) -> None:
+    It registers only what it runs (not the head's stages nor the bottleneck's encoder), and
+    takes the wire tensor and the sizes the payload carries as plain values, so it exports:
+    torch.export specializes the sizes, and the exported tail serves frames of that size.
+    """
+
+    def __init__(self, split_tap: str | None, stages: list[Stage], decoder: nn.Module | None,
+                 finisher: nn.Module) -> None:
         super().__init__()
-        self.adapter = adapter
         self.split_tap = split_tap
+        self.decoder = decoder if decoder is not None else nn.Identity()
         self.chain = _Chain(stages)
-        self.bottleneck = bottleneck
-        self.model = adapter.model  # registers the finish's modules (heads, fpn) with the tail
+        self.finisher = finisher
 
-    def forward(self, z: Tensor, sizes: ImageBatch, split_size: tuple[int, int]) -> Outputs:
-        x = self.bottleneck.decode(z, split_size) if self.bottleneck is not None else z
-        taps: OrderedDict[str, Tensor] = OrderedDict()
-        if self.split_tap is not None:
-            taps[self.split_tap] = x
+    def forward(self, z: Tensor, split_size: Size, batch_size: Size, image_size: Size,
+                original_size: Size) -> Outputs:
+        x = self.decoder(z)[..., : split_size[0], : split_size[1]]  # crops odd sizes after downsampling
+        taps: dict[str, Tensor] = {self.split_tap: x} if self.split_tap is not None else {}
         x = self.chain(x, taps)
-        return self.adapter.finish(taps, x, sizes)
+        return self.finisher(taps, x, batch_size, image_size, original_size)
 
 
-def _size_msg(hw: tuple[int, int]) -> pb.Size:
+def _size_msg(hw: Size | torch.Size) -> pb.Size:
     return pb.Size(height=int(hw[0]), width=int(hw[1]))
 
 
-def _hw(size: pb.Size) -> tuple[int, int]:
+def _hw(size: pb.Size) -> Size:
     return int(size.height), int(size.width)
 
 
@@ -106,7 +126,7 @@ def _from_message(t: pb.Tensor) -> EncodedTensor:
 class SplitModel:
     """A model cut at `at`: `.head` and `.tail` are plain modules; payloads carry the sizes."""
 
-    def __init__(self, model: nn.Module, at: str, bottleneck: Bottleneck | None = None,
+    def __init__(self, model: nn.Module, at: str, bottleneck: Bottleneck | int | None = None,
                  codec: TensorCodec | str = "float32", name: str = "", own_head: bool = False,
                  **adapter_options: Any) -> None:
         self.model = model.eval()
@@ -118,40 +138,48 @@ class SplitModel:
         if self.codec.name == "jpeg":
             raise ValueError("jpeg is an image codec for offload; pick float32, float16 or uint8 for features")
         stages = self.adapter.stages()
-        names = [s.name for s in stages]
-        if at not in names:
-            raise ValueError(f"split point {at!r} is not a stage of {type(model).__name__}; "
-                             f"valid split points: {', '.join(names)}")
-        k = names.index(at)
-        early = [s.name for s in stages[:k] if s.tap is not None]
-        if early:
-            raise ValueError(f"cannot split at {at!r}: the tail also needs the output of {early[0]!r}, "
-                             "which comes before it; split at or before that stage")
-        if stages[k].tap_fn is not None:
-            raise ValueError(f"cannot split at {at!r}: its tapped output is transformed; split one stage earlier")
+        k = _split_index(stages, at, type(model).__name__)
         self.split_channels = self._probe_channels(stages[: k + 1])
-        if isinstance(bottleneck, int):
-            bottleneck = Bottleneck(self.split_channels, bottleneck)
-        self.bottleneck = bottleneck.eval() if bottleneck is not None else None
-        if self.bottleneck is not None and self.bottleneck.in_channels != self.split_channels:
-            raise ValueError(f"bottleneck expects {self.bottleneck.in_channels} channels, "
-                             f"split point {at!r} has {self.split_channels}")
+        self.bottleneck = self._bottleneck(bottleneck)
         head_stages = stages[: k + 1]
         if own_head:  # a trainable copy: distillation changes it, the original model stays intact
             head_stages = [Stage(s.name, copy.deepcopy(s.module), s.tap, s.tap_fn) for s in head_stages]
         self.head = Head(head_stages, self.bottleneck.encoder if self.bottleneck else None).eval()
-        self.tail = Tail(self.adapter, stages[k].tap, stages[k + 1 :], self.bottleneck).eval()
+        self.tail = Tail(stages[k].tap, stages[k + 1 :], self.bottleneck.decoder if self.bottleneck else None,
+                         self.adapter.finisher).eval()
         self.wire_channels = self.bottleneck.channels if self.bottleneck else self.split_channels
-        self.prefilter: nn.Module | None = None  # anything with .keep(features) -> bool
         self.classes: dict[int, str] | None = None  # a fine-tuned detector's label subset (recipes.build)
         self._jpeg = JpegCodec()
+        # Split size per padded batch size, measured; per model (it dies with it) and bounded.
+        self._split_sizes: OrderedDict[Size, Size] = OrderedDict()
+
+    def _bottleneck(self, bottleneck: Bottleneck | int | None) -> Bottleneck | None:
+        if isinstance(bottleneck, int):
+            warnings.warn(f"bottleneck={bottleneck} builds an untrained bottleneck: what the tail sees is noise "
+                          "until it is trained (`splitedge train`) or loaded from a checkpoint "
+                          "(`split.recipes.build(name, checkpoint=...)`)", UserWarning, stacklevel=_caller_level())
+            bottleneck = Bottleneck(self.split_channels, bottleneck)
+        if bottleneck is not None and bottleneck.in_channels != self.split_channels:
+            raise ValueError(f"bottleneck expects {bottleneck.in_channels} channels, "
+                             f"split point {self.at!r} has {self.split_channels}")
+        return bottleneck.eval() if bottleneck is not None else None
+
+    @property
+    def prefilter(self) -> nn.Module | None:
+        """The head's gate (anything with `.keep(features) -> bool`), or None: every frame is sent."""
+        return self.head.prefilter
+
+    @prefilter.setter
+    def prefilter(self, prefilter: nn.Module | None) -> None:
+        self.head.prefilter = prefilter
 
     # -- device side -------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, images: list[Tensor]) -> list[bytes]:
         """Head + bottleneck encoder + codec; one self-contained payload per image.
 
-        A frame the prefilter drops gives `b""`: nothing is sent for it."""
+        A frame the prefilter drops gives `b""`: nothing is sent for it (`decode(b"")` gives
+        its result, nothing detected)."""
         out = []
         for img in images:
             msg = self.encode_message(img)
@@ -162,13 +190,11 @@ class SplitModel:
     def encode_message(self, image: Tensor) -> pb.Payload | None:
         """The payload of one frame, or None when the prefilter finds nothing of interest.
 
-        The prefilter sees the split point's features before the bottleneck, which the head
-        computes anyway: filtering costs only the prefilter's own few convolutions."""
+        Preprocess, then `Head.forward` (the exported head computes the same), then the codec."""
         sizes = self.adapter.preprocess(image)
-        x = self.head.chain(sizes.tensor, OrderedDict())
-        if self.prefilter is not None and not self.prefilter.keep(x):
+        z, split_size = self.head(sizes.tensor)
+        if z.numel() == 0:  # the prefilter dropped the frame
             return None
-        z, split_size = self.head.encoder(x), (int(x.shape[-2]), int(x.shape[-1]))
         return pb.Payload(model=self.name, split_point=self.at, tensor=_to_message(self.codec.encode(z)),
                           original_size=_size_msg(sizes.original_size), image_size=_size_msg(sizes.image_size),
                           batch_size=_size_msg(sizes.batch_size), split_size=_size_msg(split_size))
@@ -188,6 +214,10 @@ class SplitModel:
 
     # -- edge side ---------------------------------------------------------------------------
     def decode(self, payload: bytes) -> Outputs:
+        """The outputs for one payload from `encode`; `b""` (a frame the prefilter dropped) gives
+        `empty_outputs()`, so that `decode(encode(...))` holds for every frame."""
+        if not payload:
+            return self.empty_outputs()
         msg = pb.Payload()
         try:
             msg.ParseFromString(payload)
@@ -225,10 +255,10 @@ class SplitModel:
         if tuple(enc.shape) != expected:
             raise PayloadMismatch(f"tensor shape {list(enc.shape)}, model {self.name or self.at!r} expects {list(expected)}")
         z = self._decode_tensor(self.codec, enc)
-        return self.tail(z, ImageBatch(torch.empty(0, 3, *batch), image_size, original), split_size)
+        return self.tail(z, split_size, batch, image_size, original)
 
     def __call__(self, images: list[Tensor]) -> list[Outputs]:
-        return [self.decode(p) if p else self.empty_outputs() for p in self.encode(images)]
+        return [self.decode(p) for p in self.encode(images)]
 
     def empty_outputs(self) -> Outputs:
         """The result of a filtered frame: nothing detected."""
@@ -246,17 +276,33 @@ class SplitModel:
 
     def _probe_channels(self, stages: list[Stage]) -> int:
         with torch.inference_mode():
-            x = _Chain(stages)(torch.zeros(1, 3, 64, 64), OrderedDict())
+            x = _Chain(stages)(torch.zeros(1, 3, 64, 64))
         return int(x.shape[1])
 
-    def _wire_size(self, split_size: tuple[int, int]) -> tuple[int, int]:
+    def _wire_size(self, split_size: Size) -> Size:
         h, w = split_size
         for _ in range(self.bottleneck.downsample if self.bottleneck else 0):
             h, w = math.ceil(h / 2), math.ceil(w / 2)
         return h, w
 
-    def _expected_split_size(self, batch: tuple[int, int]) -> tuple[int, int]:
-        return _split_size_cached(self, batch)
+    def _expected_split_size(self, batch: Size) -> Size:
+        """Spatial size at the split point for a padded batch size, measured once per size.
+
+        Measuring (on zeros) rather than computing from strides is what keeps this right for every
+        backbone's padding and ceil-mode pooling. The cache is this model's own and keeps the
+        `_SPLIT_SIZES` most recent sizes: a client sending many sizes cannot grow it, and a
+        model no longer used is not kept alive by it.
+        """
+        size = self._split_sizes.get(batch)
+        if size is None:
+            with torch.inference_mode():
+                x = self.head.chain(torch.zeros(1, 3, *batch))
+            size = self._split_sizes[batch] = (int(x.shape[-2]), int(x.shape[-1]))
+            if len(self._split_sizes) > _SPLIT_SIZES:
+                self._split_sizes.popitem(last=False)
+        else:
+            self._split_sizes.move_to_end(batch)
+        return size
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, "split_point": self.at, "codec": self.codec.name,
@@ -264,25 +310,38 @@ class SplitModel:
                 "split_channels": self.split_channels}
 
 
-@lru_cache(maxsize=128)
-def _split_size_cached(model: SplitModel, batch: tuple[int, int]) -> tuple[int, int]:
-    """Spatial size at the split point for a padded batch size, measured once per size.
+def _caller_level() -> int:
+    """The `stacklevel` of the first frame outside this module: a warning names the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
-    Measuring (on zeros) rather than computing from strides is what keeps this right for every
-    backbone's padding and ceil-mode pooling.
-    """
-    with torch.inference_mode():
-        x = model.head.chain(torch.zeros(1, 3, *batch), OrderedDict())
-    return int(x.shape[-2]), int(x.shape[-1])
+
+def _split_index(stages: list[Stage], at: str, model_name: str) -> int:
+    """The index of stage `at`, if the model can be cut there (else ValueError saying why)."""
+    names = [s.name for s in stages]
+    if at not in names:
+        raise ValueError(f"split point {at!r} is not a stage of {model_name}; valid split points: {', '.join(names)}")
+    k = names.index(at)
+    early = [s.name for s in stages[:k] if s.tap is not None]
+    if early:
+        raise ValueError(f"cannot split at {at!r}: the tail also needs the output of {early[0]!r}, "
+                         "which comes before it; split at or before that stage")
+    if stages[k].tap_fn is not None:
+        raise ValueError(f"cannot split at {at!r}: its tapped output is transformed; split one stage earlier")
+    return k
 
 
 def split(model: nn.Module, at: str, bottleneck: Bottleneck | int | None = None, **opts: Any) -> SplitModel:
     """Cut `model` at the dotted module path `at`.
 
-    `bottleneck` is None (send the split point's tensor as is), a channel count (a fresh
-    `Bottleneck` to that many channels) or a `Bottleneck`. Options: `codec` ("float32",
-    "float16", "uint8"), `name` (the recipe name stamped on payloads), `own_head` (the head
-    is a copy of the original's layers, so it can be trained), and for classifiers
-    `resize_size`, `crop_size`, `topk`.
+    `bottleneck` is None (send the split point's tensor as is), a channel count (a fresh,
+    untrained `Bottleneck` to that many channels: it warns, since its outputs mean nothing until
+    trained) or a `Bottleneck`. Options: `codec` ("float32", "float16", "uint8"), `name` (the
+    recipe name stamped on payloads), `own_head` (the head is a copy of the original's layers,
+    so it can be trained), and for classifiers `resize_size`, `crop_size`, `topk`. Any other
+    option raises TypeError, for every family: a misspelled `codec` must not send float32.
+    A trained split comes by recipe name from `split.recipes.build`.
     """
     return SplitModel(model, at, bottleneck, **opts)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from split.api import SplitModel, _Chain
+from split.images import ImageError, read_rgb
 
 __all__ = ["PROFILE_KEYS", "profile_model", "scale_profile", "load_images"]
 
@@ -41,10 +42,10 @@ def load_images(folder: str | Path | None, size: tuple[int, int], count: int = 4
     images = []
     if folder is not None and Path(folder).is_dir():
         for path in sorted(Path(folder).iterdir())[: count * 3]:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
+            try:
+                rgb = cv2.resize(read_rgb(path), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+            except ImageError:
                 continue
-            rgb = cv2.resize(bgr, (size[1], size[0]), interpolation=cv2.INTER_AREA)[:, :, ::-1]
             images.append(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float() / 255)
             if len(images) == count:
                 break

@@ -3,7 +3,8 @@
 Client and server build the same recipe by name, so the device's head and the edge's tail
 come from one definition. Random initialization is seeded: two processes that build the
 same recipe without weights get the same random network, so a split still round-trips.
-The first recipe is the default (light enough for this CPU: SSDlite at 320 px).
+The first recipe is the default: Faster R-CNN at 320 px on MobileNetV2-FPN, the one detector
+here with trained weights (fine-tuned on COCO128 persons) and a distilled bottleneck.
 """
 
 from __future__ import annotations
@@ -45,12 +46,24 @@ class Recipe:
     # A shipped distilled head + bottleneck over `checkpoint`'s network: what `build` uses when it is
     # given no checkpoint, so that `serve`/`run`/the demo get the trained split by the recipe's name.
     split_checkpoint: str | None = None
+    # torchvision weights (enum name) of the network when `build` is given none and `checkpoint` does
+    # not ship: used when the file is in the torch hub cache (`make weights`), else random init.
+    weights: str | None = None
 
     def default_checkpoint(self) -> Path | None:
         return _shipped(self.checkpoint)
 
+    def default_weights(self) -> str | None:
+        """`weights` when its file is in the torch hub cache, else None."""
+        try:
+            return self.weights if self.weights and cached_weights(self.builder, self.weights) else None
+        except WeightsError:
+            return None
+
     def default_split_checkpoint(self) -> Path | None:
-        return _shipped(self.split_checkpoint) if self.default_checkpoint() is not None else None
+        """`split_checkpoint`, when the network it was distilled over is here too."""
+        network = self.default_checkpoint() is not None or self.default_weights() is not None
+        return _shipped(self.split_checkpoint) if network else None
 
     @property
     def family(self) -> str:
@@ -86,7 +99,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("ssd300_vgg16", "ssd300_vgg16", "backbone.features.9", 3, "uint8",
            "SSD300 VGG-16; split after pool2 (stride 4, 128 ch), bottleneck 3 ch, 8-bit"),
     Recipe("mobilenet_v2", "mobilenet_v2", "features.6", 3, "uint8",
-           "MobileNetV2 ImageNet classifier; split at features[6] (32x28x28), bottleneck 3 ch, 8-bit"),
+           "MobileNetV2 ImageNet classifier; split at features[6] (32x28x28), bottleneck 3 ch, 8-bit "
+           "(with the ImageNet weights: the distilled 128-ch block bottleneck)",
+           split_checkpoint="checkpoints/mobilenet_v2_block_c128.pt", weights="IMAGENET1K_V1"),
     Recipe("mobilenet_v3_large", "mobilenet_v3_large", "features.6", 3, "uint8",
            "MobileNetV3-L ImageNet classifier; split at stride 8 (40 ch), bottleneck 3 ch, 8-bit"),
     Recipe("resnet50", "resnet50", "layer1", 3, "uint8",
@@ -125,9 +140,14 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
           **overrides: Any) -> tuple[SplitModel, str]:
     """Build recipe `name` as a SplitModel; returns it and a line saying where weights came from.
 
-    `overrides` go to the torchvision builder (e.g. score thresholds in tests).
+    `overrides` go to the torchvision builder (e.g. score thresholds in tests). Without `weights`
+    the network is the recipe's own (`Recipe.checkpoint`, or `Recipe.weights` when cached), and
+    without a checkpoint either, its distilled split (`Recipe.split_checkpoint`) goes over it.
     """
     recipe = get_recipe(name)
+    by_name = weights is None
+    if by_name:
+        weights = recipe.default_weights()
     kwargs: dict[str, Any] = {**recipe.kwargs, **overrides}
     torch.manual_seed(recipe.seed)
     source = f"random init (seed {recipe.seed})"
@@ -136,11 +156,13 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
         source = f"torchvision {kwargs['weights']}"
     else:
         kwargs["weights"] = None
+        if recipe.weights:
+            source += f"; its {recipe.weights} weights are not in the torch hub cache (`make weights`)"
     if recipe.family == "detector":
         kwargs.setdefault("weights_backbone", None)  # the default would download ImageNet weights
     shipped = recipe.default_checkpoint()
     if checkpoint is None:
-        checkpoint = recipe.default_split_checkpoint() or shipped
+        checkpoint = (recipe.default_split_checkpoint() if by_name else None) or shipped
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else {}
     if ckpt.get("recipe", recipe.name) != recipe.name:
         raise WeightsError(f"checkpoint {checkpoint} is for model {ckpt['recipe']!r}, not {recipe.name!r}")

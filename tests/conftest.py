@@ -65,3 +65,10 @@ def server():
                         "--max-message-mb", "1")
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def no_cached_weights(monkeypatch, tmp_path_factory):
+    """An empty torch hub cache: recipes with default weights (`Recipe.weights`) build their seeded
+    random init, as on a machine where `make weights` never ran."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from bottlenecks import Bottleneck
 from split import split
 
 SMALL = {"min_size": 128, "max_size": 160}
@@ -57,7 +58,8 @@ def test_classifier_split_equals_original(builder, at, image):
 def test_split_with_bottleneck_changes_the_wire_shape(image):
     torch.manual_seed(0)
     model = torchvision.models.get_model("ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None).eval()
-    sm = split(model, "backbone.features.0.6", bottleneck=3, codec="uint8")
+    with pytest.warns(UserWarning, match="bottleneck=3 builds an untrained bottleneck"):
+        sm = split(model, "backbone.features.0.6", bottleneck=3, codec="uint8")
     msg = sm.encode_message(image)
     assert list(msg.tensor.shape) == [1, 3, 40, 40] and msg.tensor.codec == "uint8"
     assert len(msg.tensor.data) == 3 * 40 * 40
@@ -76,3 +78,61 @@ def test_bad_split_points_say_what_is_valid():
         split(det, "backbone.body.layer2")
     with pytest.raises(TypeError, match="no split adapter for Linear"):
         split(torch.nn.Linear(2, 2), "x")
+
+
+def test_unknown_options_raise_for_every_family():
+    det = torchvision.models.get_model("ssdlite320_mobilenet_v3_large", weights=None, weights_backbone=None).eval()
+    with pytest.raises(TypeError, match="unknown option 'codc' for SSD: split\\(\\) takes codec, name, own_head$"):
+        split(det, "backbone.features.0.6", codc="uint8")
+    clf = torchvision.models.get_model("resnet18", weights=None).eval()
+    with pytest.raises(TypeError, match="unknown option 'top_k'.*for a classifier, resize_size, crop_size, topk"):
+        split(clf, "layer1", top_k=3)
+    assert split(clf, "layer1", topk=3).adapter.topk == 3
+
+
+def test_tail_registers_only_what_it_runs(image):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None,
+                                         weights_backbone=None, num_classes=5).eval()
+    bottleneck = Bottleneck(40, 3)
+    sm = split(model, "backbone.body.6", bottleneck=bottleneck)
+    head = {id(p) for p in sm.head.parameters()}
+    tail = {id(p) for p in sm.tail.parameters()}
+    assert not head & tail
+    assert head | tail == {id(p) for p in [*model.parameters(), *bottleneck.parameters()]}
+    assert {id(p) for p in bottleneck.encoder.parameters()} <= head
+    assert {id(p) for p in bottleneck.decoder.parameters()} <= tail
+    assert {id(p) for p in model.rpn.parameters()} <= tail
+
+
+def test_filtered_frame_encodes_to_nothing_and_decodes_to_nothing_detected(image):
+    class DropAll(torch.nn.Module):
+        def keep(self, features):
+            return False
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("resnet18", weights=None).eval()
+    sm = split(model, "layer1")
+    sm.prefilter = DropAll()
+    assert sm.head.prefilter is sm.prefilter
+    assert sm.encode([image]) == [b""] and sm.encode_message(image) is None
+    out = sm.decode(b"")
+    assert out.keys() == sm([image])[0].keys() and len(out["labels"]) == 0
+
+
+def test_split_size_cache_is_per_model_and_bounded():
+    import gc
+    import weakref
+
+    from split import api
+
+    model = torchvision.models.get_model("resnet18", weights=None).eval()
+    sm = split(model, "layer1")
+    for side in range(64, 64 + api._SPLIT_SIZES + 8):
+        sm._expected_split_size((side, side))
+    assert len(sm._split_sizes) == api._SPLIT_SIZES
+    assert sm._expected_split_size((224, 224)) == (56, 56)
+    ref = weakref.ref(sm)
+    del sm
+    gc.collect()
+    assert ref() is None  # nothing module-level keeps a model alive

@@ -79,3 +79,26 @@ def test_a_recipe_builds_its_shipped_network_and_split_by_name(tmp_path, monkeyp
     plain, source = build("fasterrcnn_mobilenet_v2_320_fpn", checkpoint=tmp_path / "checkpoints" / "net.pt")
     key = next(k for k, v in head.items() if v.is_floating_point())
     assert "split.pt" not in source and not torch.equal(plain.head.chain.state_dict()[key], head[key])
+
+
+def test_a_recipe_builds_its_default_weights_when_cached_and_says_so(tmp_path, monkeypatch):
+    """`Recipe.weights`: by name, mobilenet_v2 is the ImageNet network (when `make weights` put it in
+    the hub cache) under its shipped 128-channel split; without the file the line says why it is
+    random init; asked for weights explicitly, it builds exactly those."""
+    import os
+
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    _, source = build("mobilenet_v2")
+    assert source.startswith("random init") and "IMAGENET1K_V1 weights are not in the torch hub cache" in source
+    net = torchvision.models.mobilenet_v2(weights=None)  # stands for the ImageNet file
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(net.state_dict(), cached)
+    sm, source = build("mobilenet_v2")
+    assert "mobilenet_v2_block_c128.pt (head, bottleneck) over torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in source
+    assert sm.bottleneck.spec()["channels"] == 128
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in sm.model.state_dict().items())
+    plain, source = build("mobilenet_v2", weights="IMAGENET1K_V1")
+    assert source == "torchvision MobileNet_V2_Weights.IMAGENET1K_V1" and plain.bottleneck.spec()["channels"] == 3

@@ -100,7 +100,8 @@ def test_a_hedged_local_run_gives_the_whole_models_outputs(name):
     # bottleneck (split) or from the image (offload), it is the original model, not the bottlenecked one.
     import torch
 
-    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.controller import Controller
+    from mobile_client.costs import ModeCosts
     from mobile_client.runtime import DeviceRuntime, to_tensor
     from mobile_client.sources import open_source
     from split.recipes import build
@@ -112,11 +113,10 @@ def test_a_hedged_local_run_gives_the_whole_models_outputs(name):
     hook = model.head.chain.register_forward_hook(lambda _m, _i, out: features.append(out))
     payload = model.encode_message(image)
     hook.remove()
-    runtime._original_stages()
-    assert runtime._resumable  # the split head is the original model's own modules
+    assert runtime.device.resumable()  # the split head is the original model's own modules
     expected = model.full(image)
     for start in (features[0], None):
-        steps = runtime._local_steps(image, payload, start)
+        steps = runtime.device.local_steps(image, payload, start)
         n = 0
         with pytest.raises(StopIteration) as stop:
             while True:
@@ -131,7 +131,9 @@ def test_a_hedged_local_run_gives_the_whole_models_outputs(name):
 def test_link_probes_go_beside_local_frames_and_their_answers_reach_the_controller(server):
     # A controller that asks for a link probe with every local frame: the frame is served locally as asked, the
     # probe goes through the real server, and its answer comes back as a bandwidth sample of the probe's size.
-    from mobile_client.controller import Controller, Decision, ModeCosts
+    from mobile_client.controller import Controller
+    from mobile_client.decision import Decision
+    from mobile_client.costs import ModeCosts
     from mobile_client.edge_client import EdgeClient
     from mobile_client.runtime import DeviceRuntime, RuntimeOptions
     from mobile_client.sources import open_source
@@ -174,7 +176,8 @@ def test_a_server_that_refuses_link_probes_turns_them_off_with_a_warning():
     # for them, and the controller probes with remote frames again.
     import time
 
-    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.controller import Controller
+    from mobile_client.costs import ModeCosts
     from mobile_client.edge_client import PROBE_ID_BASE, LateResult
     from mobile_client.runtime import DeviceRuntime
     from protos import splitedge_pb2 as pb
@@ -191,8 +194,8 @@ def test_a_server_that_refuses_link_probes_turns_them_off_with_a_warning():
 
     ctl = Controller(ModeCosts(100, 10, 10, 10, 1, 20_000, 60_000))
     runtime = DeviceRuntime(build(MODEL)[0], ctl, OldServerClient())
-    runtime._probes[probe_id] = 20_000
-    runtime._report_late()
+    runtime.session._probes[probe_id] = 20_000
+    runtime.session._collect()
     assert not ctl.link_probes and ctl.estimator.bandwidth_bps() is None
     assert runtime.warnings == ["the edge refused a link probe (NOT_FOUND: unknown model ''; served: x); "
                                 "probing with frames instead"]
@@ -200,7 +203,8 @@ def test_a_server_that_refuses_link_probes_turns_them_off_with_a_warning():
 
 def test_a_stream_found_dead_while_running_locally_starts_the_backoff():
     # Link probes are collected, not waited for: the runtime learns of a dead stream from take_late.
-    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.controller import Controller
+    from mobile_client.costs import ModeCosts
     from mobile_client.edge_client import EdgeUnavailable
     from mobile_client.runtime import DeviceRuntime
     from split.recipes import build
@@ -217,7 +221,7 @@ def test_a_stream_found_dead_while_running_locally_starts_the_backoff():
     ctl = Controller(ModeCosts(100, 10, 10, 10, 1, 20_000, 60_000))
     client = DeadStreamClient()
     runtime = DeviceRuntime(build(MODEL)[0], ctl, client)
-    runtime._report_late()
+    runtime.session._collect()
     assert client.closed and ctl.failures == 1
     assert runtime.warnings == ["edge unavailable (127.0.0.1:1: the server closed the stream); local mode, "
                                 "retry in 0.5 s"]

@@ -90,7 +90,8 @@ def test_a_result_that_comes_as_its_frame_is_given_up_on_is_not_lost(edge):
     # The window between the runtime's last look at the stream and its giving up on a frame: the result that
     # lands there must still count as that frame's, or the controller would wait for it for ever (it counts
     # given-up payloads until their results are back, and sends no probe behind one).
-    from mobile_client.controller import Controller, ModeCosts
+    from mobile_client.controller import Controller
+    from mobile_client.costs import ModeCosts
     from mobile_client.runtime import DeviceRuntime
 
     _, _, client = edge
@@ -99,5 +100,5 @@ def test_a_result_that_comes_as_its_frame_is_given_up_on_is_not_lost(edge):
     sent = client.send(pb.Frame(frame_id=7))
     assert client.wait(7, sent, 30.0, until=0) is None  # not there yet: the local run goes on
     time.sleep(0.3)  # ... and the result lands now
-    runtime._give_up(7, "split", 10_000, 0.25)
-    assert ctl._abandoned == 0 and not runtime._abandoned and not client._pending
+    runtime.session._give_up(7, "split", 10_000, 0.25, runtime.io.now())
+    assert ctl._stalls.abandoned == 0 and not runtime.session._abandoned and not client._pending

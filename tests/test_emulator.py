@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import socketserver
-import struct
 import subprocess
 import sys
 import threading
@@ -21,34 +20,14 @@ from pathlib import Path
 import pytest
 
 from simulators.cli import main as cli_main
-from simulators.emulator import LinkEmulator
+from simulators.emulator import LinkEmulator, time_uploads
 from simulators.links import Link
-from simulators.traces import load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = "127.0.0.1"
 
 
 # -- tiny servers -------------------------------------------------------------
-
-
-async def start_sink() -> tuple[asyncio.base_events.Server, int]:
-    """Reads a 4-byte length then that many bytes, answers b"ok", waits for EOF."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            (n,) = struct.unpack("!I", await reader.readexactly(4))
-            await reader.readexactly(n)
-            writer.write(b"ok")
-            await writer.drain()
-            await reader.read()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, LOCAL, 0)
-    return server, server.sockets[0].getsockname()[1]
 
 
 async def start_echo() -> tuple[asyncio.base_events.Server, int]:
@@ -70,49 +49,16 @@ async def start_echo() -> tuple[asyncio.base_events.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-async def timed_upload(port: int, payload_len: int) -> float:
-    """Send a length-prefixed payload and wait for the sink's ack; seconds."""
-    reader, writer = await asyncio.open_connection(LOCAL, port)
-    t0 = time.monotonic()
-    writer.write(struct.pack("!I", payload_len - 4) + bytes(payload_len - 4))
-    await writer.drain()
-    assert await reader.readexactly(2) == b"ok"
-    elapsed = time.monotonic() - t0
-    writer.close()
-    await writer.wait_closed()
-    return elapsed
-
-
-def model_upload(up: Link, down: Link, nbytes: int, t_s: float) -> float:
-    """The Link model's answer for the same exchange: upload, then 2-byte ack."""
-    a = up.send(nbytes, t_s)
-    b = down.send(2, a.arrival_s)
-    return b.arrival_s - t_s
-
-
-# -- acceptance: emulator vs model --------------------------------------------
+# -- acceptance: emulator vs model (the figures: scripts/emulator_agreement.py) ---
 
 
 @pytest.mark.parametrize("spec", ["const:2", "steps:0.3@4,0.3@1"])
 def test_upload_time_matches_link_model(spec: str) -> None:
     nbytes, delay_ms = 250_000, 20.0
-
-    async def run() -> tuple[float, float]:
-        server, port = await start_sink()
-        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link(load_trace(spec), delay_ms=delay_ms),
-                           Link(None, delay_ms=delay_ms))
-        async with server, emu:
-            t_send = emu.now()
-            measured = await timed_upload(emu.bound_port, nbytes)
-        predicted = model_upload(Link(load_trace(spec), delay_ms=delay_ms), Link(None, delay_ms=delay_ms),
-                                 nbytes, t_send)
-        return measured, predicted
-
-    measured, predicted = asyncio.run(run())
-    err = measured / predicted - 1
-    print(f"emulator {spec}, {delay_ms:g} ms delay, {nbytes} B: measured {measured * 1e3:.1f} ms, "
-          f"Link model {predicted * 1e3:.1f} ms ({err:+.1%})")
-    assert abs(err) < 0.10
+    timing = asyncio.run(time_uploads(spec, nbytes, delay_ms))
+    print(f"emulator {spec}, {delay_ms:g} ms delay, {nbytes} B: measured {timing.measured_s[0] * 1e3:.1f} ms, "
+          f"Link model {timing.predicted_s * 1e3:.1f} ms ({timing.error:+.1%})")
+    assert abs(timing.error) < 0.10
 
 
 def test_upload_over_real_mahimahi_trace_matches_model() -> None:
@@ -120,40 +66,19 @@ def test_upload_over_real_mahimahi_trace_matches_model() -> None:
     path = data / "traces" / "mahimahi" / "Verizon-LTE-short.up"
     if not path.is_file():
         pytest.skip(f"real mahimahi trace not found at {path} (set SPLITEDGE_DATA)")
-    spec, nbytes = f"mahimahi:{path}", 250_000
-
-    async def run() -> tuple[float, float]:
-        server, port = await start_sink()
-        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link(spec, delay_ms=10), Link(None, delay_ms=10))
-        async with server, emu:
-            t_send = emu.now()
-            measured = await timed_upload(emu.bound_port, nbytes)
-        return measured, model_upload(Link(spec, delay_ms=10), Link(None, delay_ms=10), nbytes, t_send)
-
-    measured, predicted = asyncio.run(run())
-    print(f"emulator {path.name}: measured {measured * 1e3:.1f} ms, Link model {predicted * 1e3:.1f} ms "
-          f"({measured / predicted - 1:+.1%})")
-    assert abs(measured / predicted - 1) < 0.10
+    timing = asyncio.run(time_uploads(f"mahimahi:{path}", 250_000, 10.0))
+    print(f"emulator {path.name}: measured {timing.measured_s[0] * 1e3:.1f} ms, "
+          f"Link model {timing.predicted_s * 1e3:.1f} ms ({timing.error:+.1%})")
+    assert abs(timing.error) < 0.10
 
 
 def test_concurrent_connections_share_the_bottleneck() -> None:
     n_conns, each = 4, 60_000
-
-    async def run() -> tuple[list[float], float]:
-        server, port = await start_sink()
-        emu = LinkEmulator((LOCAL, 0), (LOCAL, port), Link("const:2", delay_ms=10), Link(None, delay_ms=10))
-        async with server, emu:
-            t_send = emu.now()
-            times = await asyncio.gather(*(timed_upload(emu.bound_port, each) for _ in range(n_conns)))
-        up, down = Link("const:2", delay_ms=10), Link(None, delay_ms=10)
-        for _ in range(n_conns - 1):
-            up.send(each, t_send)
-        return list(times), model_upload(up, down, each, t_send)
-
-    times, predicted_last = asyncio.run(run())
+    timing = asyncio.run(time_uploads("const:2", each, 10.0, connections=n_conns))
+    times = timing.measured_s
     print(f"{n_conns} concurrent uploads of {each} B: last done {max(times) * 1e3:.1f} ms, "
-          f"model {predicted_last * 1e3:.1f} ms")
-    assert max(times) == pytest.approx(predicted_last, rel=0.10)
+          f"model {timing.predicted_s * 1e3:.1f} ms")
+    assert max(times) == pytest.approx(timing.predicted_s, rel=0.10)
     assert min(times) < 0.8 * max(times)  # one bottleneck, not one per connection
 
 

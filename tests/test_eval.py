@@ -17,9 +17,11 @@ import pytest
 import torch
 import yaml
 
-from split.cli import main as split_cli
-from split.data import train_val_split
+from split.train.cli import main as split_cli
+from split.train.data import train_val_split
 from tests.test_training import make_images
+
+pytestmark = pytest.mark.usefixtures("no_cached_weights")  # random init whatever the machine has cached
 
 ACCURACY_KEYS_CLASSIFIER = {"payload_bytes_median", "top1", "top1_agreement"}
 
@@ -96,7 +98,7 @@ def test_val_only_uses_the_training_split(tmp_path):
 
 
 def test_several_checkpoints_make_a_curve_and_the_prefilter_hook_reports(tmp_path):
-    pf_mod = pytest.importorskip("split.prefilter")
+    from split.prefilter import Prefilter
     from split.recipes import build
 
     sm, _ = build("mobilenet_v2")
@@ -109,7 +111,7 @@ def test_several_checkpoints_make_a_curve_and_the_prefilter_hook_reports(tmp_pat
         state = {"recipe": "mobilenet_v2", "bottleneck": bn.state_dict(), "bottleneck_spec": bn.spec()}
         if c == 2:
             # threshold 1: every frame is dropped, yet the split is still scored on every frame
-            state["prefilter"] = pf_mod.Prefilter(sm.split_channels, hidden=4, threshold=1.0).state_dict()
+            state["prefilter"] = Prefilter(sm.split_channels, hidden=4, threshold=1.0).state_dict()
         torch.save(state, path)
         ckpts += ["--checkpoint", str(path)]
     images = make_images(tmp_path / "images", n=2, size=(60, 80))
@@ -130,7 +132,7 @@ def test_map_ratio_interval_is_paired_and_sees_a_loss():
     # and lies wholly below 1 for the second.
     from pycocotools.coco import COCO
 
-    from split.evaluation import map_ratio_ci
+    from split.train.evaluation import map_ratio_ci
 
     ids = list(range(101, 111))
     gt = COCO()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mobile_client.controller import Controller, ModeCosts
+from mobile_client.controller import Controller
+from mobile_client.costs import ModeCosts
 from mobile_client.edge_client import EdgeClient
 from mobile_client.runtime import DeviceRuntime
 from mobile_client.sources import Frame

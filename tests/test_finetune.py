@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from split.builders import fasterrcnn_mobilenet_v2_320_fpn
-from split.data import CocoImages, train_val_split
-from split.finetune import CocoDetection, category_ids, coco_split, finetune_detector
 from split.recipes import build
+from split.train.coco import CocoImages
+from split.train.data import train_val_split
+from split.train.finetune import CocoDetection, category_ids, coco_split, finetune_detector
 from tests.conftest import shared_data
 
 

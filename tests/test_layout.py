@@ -16,14 +16,19 @@ ALLOWED = {
 }
 
 
-def _imports(path: Path) -> set[str]:
+def _modules(path: Path) -> set[str]:
+    """The dotted names of the modules `path` imports (relative imports aside)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            found |= {a.name.split(".")[0] for a in node.names}
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module.split(".")[0])
-    return found & PACKAGES
+            found.add(node.module)
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    return {m.split(".")[0] for m in _modules(path)} & PACKAGES
 
 
 def test_import_rules():
@@ -35,10 +40,22 @@ def test_import_rules():
     assert not bad, "\n".join(bad)
 
 
-def test_simulators_use_only_the_controller_of_mobile_client():
+def test_simulators_use_only_the_session_driver_and_controller_of_mobile_client():
     for path in (ROOT / "simulators").rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mobile_client"):
-                assert node.module in ("mobile_client.controller", "mobile_client.estimators",
-                                       "mobile_client.profiles"), path
+                assert node.module in ("mobile_client.session", "mobile_client.controller", "mobile_client.costs",
+                                       "mobile_client.decision", "mobile_client.estimators"), path
+
+
+def test_offline_work_is_reached_only_through_its_commands():
+    """Nothing outside `split/train/` imports it: the device and the edge never load training
+    code, and `splitedge train|eval|prefilter|finetune` reach `split.train.cli` by name."""
+    bad = []
+    for pkg in PACKAGES:
+        for path in (ROOT / pkg).rglob("*.py"):
+            if (ROOT / "split" / "train") in path.parents:
+                continue
+            bad += [f"{path.relative_to(ROOT)} imports {m}" for m in _modules(path) if m.startswith("split.train")]
+    assert not bad, "\n".join(bad)

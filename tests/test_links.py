@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from simulators.links import BernoulliLoss, Delivery, GilbertElliottLoss, Link, parse_loss
-from simulators.traces import ConstantTrace, MahimahiTrace, PiecewiseTrace
+from simulators.trace_files import MahimahiTrace
+from simulators.traces import ConstantTrace, PiecewiseTrace
 
 
 def test_fifo_queueing_and_delay() -> None:

@@ -17,19 +17,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from split.prefilter import (
-    Prefilter,
-    head_features,
+from split.images import load_image
+from split.prefilter import Prefilter, head_features, load_prefilter
+from split.recipes import build
+from split.train.prefilter import (
     labels_from_coco,
     labels_from_teacher,
-    load_image,
-    load_prefilter,
     prefilter_metrics,
     roc_auc,
     select_threshold,
     train_prefilter,
 )
-from split.recipes import build
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "coco"

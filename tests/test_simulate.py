@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mobile_client.controller import REASONS, Controller, ModeCosts, predict_latencies
+from mobile_client.controller import Controller
+from mobile_client.decision import REASONS
+from mobile_client.costs import ModeCosts, predict_latencies
 from simulators.experiment import (
     FIXED_POLICIES,
     POLICIES,
@@ -24,7 +26,7 @@ from simulators.experiment import (
     summarize,
     sweep,
 )
-from simulators.traces import load_trace
+from simulators.trace_files import load_trace
 from split.dispatch import main as splitedge
 
 from .conftest import shared_data
@@ -110,7 +112,7 @@ def test_auto_drives_the_live_controller_and_follows_a_step():
 
 
 def test_device_slowdown_moves_the_choice_to_the_edge():
-    from mobile_client.controller import scaled
+    from mobile_client.costs import scaled
 
     fast = SimConfig(COSTS, fps=1.0, frames=200)
     slow = SimConfig(scaled(COSTS, 8.0), fps=0.25, frames=60)
@@ -275,7 +277,8 @@ def test_auto_gives_up_on_a_frame_caught_in_an_outage_and_comes_back_when_the_li
 def test_hedged_auto_wins_the_outage_frame_locally_and_its_worst_frame_is_about_a_local_run():
     # The same outage, hedged (the default): the frame sent into it is also run on the idle device and
     # served by that run, so it costs its head plus a local run instead of a deadline wait plus one.
-    from mobile_client.controller import Controller, hedge_local_ms
+    from mobile_client.controller import Controller
+    from mobile_client.costs import hedge_local_ms
 
     trace = load_trace("steps:10@20,3@0,17@20")
     hedged = SimConfig(COSTS, fps=5.0, frames=150, delay_ms=DELAY_MS)

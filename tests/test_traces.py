@@ -9,15 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulators.traces import (
-    ConstantTrace,
-    CsvTrace,
-    MahimahiTrace,
-    PensieveTrace,
-    PiecewiseTrace,
-    TraceError,
-    load_trace,
-)
+from simulators.trace_files import CsvTrace, MahimahiTrace, PensieveTrace, load_trace
+from simulators.traces import ConstantTrace, PiecewiseTrace, TraceError
 
 
 def data_dir() -> Path:

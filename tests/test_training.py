@@ -16,12 +16,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from split.cli import main as split_cli
-from split.data import DataError
 from split.recipes import build, get_recipe
-from split.train_config import ConfigError, load_config
-from split.training import Distiller, default_ghnd_stages, fake_quantize, train
+from split.train.cli import main as split_cli
+from split.train.config import ConfigError, load_config
+from split.train.data import DataError
+from split.train.distill import Distiller, fake_quantize, train
+from split.train.plan import default_ghnd_stages, stage_shapes
 from split.weights import WeightsError
+
+pytestmark = pytest.mark.usefixtures("no_cached_weights")  # random init whatever the machine has cached
 
 
 def make_images(folder: Path, n: int = 6, size: tuple[int, int] = (72, 96), seed: int = 0) -> Path:
@@ -161,13 +164,12 @@ def test_default_ghnd_stages_follow_resolution_levels():
     import torchvision
 
     from split.adapters import adapter_for
-    from split.training import _shapes
 
     model = torchvision.models.resnet18(weights=None).eval()
     adapter = adapter_for(model)
     stages = adapter.stages()
     names = [s.name for s in stages]
-    shapes = _shapes(stages, 64, adapter)
+    shapes = stage_shapes(stages, 64, adapter)
     assert default_ghnd_stages(stages, names.index("layer1"), shapes) == ["layer1", "layer2", "layer3", "layer4"]
 
 

@@ -19,9 +19,9 @@ fine-tuned on a class subset, e.g. person only, is scored on those classes only)
 `map_vs_original`: the original's detections with score >= 0.5 taken as ground truth, which
 measures what the split loses without needing labels.
 
-`prefilter`: when the (first) checkpoint holds a "prefilter" state and `split.prefilter` is
-importable, its recall/precision/drop rate on these images (labels from the COCO annotations
-when given, else from the original model's detections); otherwise null. The split's accuracy
+`prefilter`: when the (first) checkpoint holds a "prefilter" state, its recall/precision/drop
+rate on these images (labels from the COCO annotations when given, else from the original
+model's detections); otherwise null. The split's accuracy
 is measured on every frame, the prefilter switched off, so the two figures stay separate.
 
 JSON layout (documented in issue 3, item 4; extra keys are additions, never renames):
@@ -53,7 +53,12 @@ import torch
 from torch import Tensor
 
 from split.api import SplitModel
-from split.data import CocoImages, DataError, LabeledImages, load_image, train_val_split
+from split.detections import detection_rows
+from split.images import load_image
+from split.prefilter import head_features, load_prefilter
+from split.train.coco import CocoImages, coco_index
+from split.train.data import DataError, LabeledImages, train_val_split
+from split.train.prefilter import labels_from_coco, labels_from_teacher, prefilter_metrics
 from split.weights import load_checkpoint
 
 __all__ = ["DEFAULT_QUALITIES", "coco_map", "coco_results", "evaluate", "format_summary", "map_ratio_ci",
@@ -80,8 +85,7 @@ def _classifier_accuracy(preds: list[int], labels: list[int] | None, reference: 
 def coco_results(outputs: list[dict[str, Tensor]], image_ids: list[int]) -> list[dict[str, Any]]:
     res = []
     for out, image_id in zip(outputs, image_ids):
-        for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
-            x0, y0, x1, y1 = box
+        for (x0, y0, x1, y1), label, score in detection_rows(out, "detector"):
             res.append({"image_id": int(image_id), "category_id": int(label),
                         "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)})
     return res
@@ -110,38 +114,25 @@ def coco_map(gt: Any, results: list[dict[str, Any]], image_ids: list[int],
 
 def _gt_from_outputs(outputs: list[dict[str, Tensor]], image_ids: list[int], sizes: list[tuple[int, int]]) -> Any:
     """A pycocotools COCO object whose ground truth is the original's confident detections."""
-    from pycocotools.coco import COCO
-
     anns, cats = [], set()
     for out, image_id in zip(outputs, image_ids):
-        for box, label, score in zip(out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()):
+        for (x0, y0, x1, y1), label, score in detection_rows(out, "detector"):
             if score < GT_SCORE:
                 continue
-            x0, y0, x1, y1 = box
             anns.append({"id": len(anns) + 1, "image_id": int(image_id), "category_id": int(label),
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": max(0.0, (x1 - x0) * (y1 - y0)), "iscrowd": 0})
             cats.add(int(label))
-    gt = COCO()
-    gt.dataset = {"images": [{"id": int(i), "height": h, "width": w} for i, (h, w) in zip(image_ids, sizes)],
-                  "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in sorted(cats)]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt.createIndex()
-    return gt
+    return coco_index({"images": [{"id": int(i), "height": h, "width": w} for i, (h, w) in zip(image_ids, sizes)],
+                       "annotations": anns, "categories": [{"id": c, "name": str(c)} for c in sorted(cats)]})
 
 
 def _resampled_gt(gt: Any, source_ids: list[int]) -> Any:
     """`gt` over `source_ids` (repeats allowed), renumbered 1..n: one bootstrap replicate."""
-    from pycocotools.coco import COCO
-
     images, anns = [], []
     for new_id, sid in enumerate(source_ids, 1):
         images.append({**gt.imgs[sid], "id": new_id})
         anns += [{**a, "id": len(anns) + k + 1, "image_id": new_id} for k, a in enumerate(gt.imgToAnns[sid])]
-    sample = COCO()
-    sample.dataset = {"images": images, "annotations": anns, "categories": gt.dataset["categories"]}
-    with contextlib.redirect_stdout(io.StringIO()):
-        sample.createIndex()
-    return sample
+    return coco_index({"images": images, "annotations": anns, "categories": gt.dataset["categories"]})
 
 
 def map_ratio_ci(gt: Any, image_ids: list[int], reference: list[dict[str, Tensor]],
@@ -210,23 +201,19 @@ def _median(values: list[int]) -> float:
 
 def _prefilter_section(checkpoint: str | None, model: SplitModel, data: _Images,
                        images: list[Tensor]) -> dict[str, float | None] | None:
-    """The hook to `split.prefilter`: null unless both the module and a "prefilter" state exist."""
+    """The checkpoint's prefilter on these images; null unless it holds a "prefilter" state."""
     if checkpoint is None:
         return None
     state = load_checkpoint(checkpoint).get("prefilter")
     if state is None:
         return None
-    try:
-        from split import prefilter as pf_mod
-    except ImportError:
-        return None
-    pf = pf_mod.load_prefilter(state, model.split_channels)
+    pf = load_prefilter(state, model.split_channels)
     if data.coco is not None:
-        labels = pf_mod.labels_from_coco(data.coco.coco, data.coco.image_ids, target_classes=pf.classes)
+        labels = labels_from_coco(data.coco.annotations, data.coco.image_ids, target_classes=pf.classes)
     else:
-        labels = pf_mod.labels_from_teacher(model, images, target_classes=pf.classes, progress=False)
-    feats = [pf_mod.head_features(model, img) for img in images]
-    m = pf_mod.prefilter_metrics(pf, feats, labels)
+        labels = labels_from_teacher(model, images, target_classes=pf.classes, progress=False)
+    feats = [head_features(model, img) for img in images]
+    m = prefilter_metrics(pf, feats, labels)
     return {"recall": m.get("recall"), "precision": m.get("precision"), "drop_rate": m.get("drop_rate")}
 
 
@@ -238,7 +225,7 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
     """Run original, split (one per checkpoint) and JPEG offload on the images; the JSON dict.
 
     `val_only` = (val_fraction, seed) keeps only the held-out part of a training split (the
-    same rule as `splitedge train`, see `split.data.train_val_split`). `limit` keeps the first
+    same rule as `splitedge train`, see `split.train.data.train_val_split`). `limit` keeps the first
     N images (after the split), for quick looks. With several checkpoints, "original" and
     "offload" use the first checkpoint's network (they differ only if a checkpoint replaces
     the whole model, e.g. a fine-tuned detector). `bootstrap` = N > 0 adds, for a detector with
@@ -300,7 +287,7 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
         ids = data.image_ids
         if data.coco is not None:
             classes = sorted(base.classes) if base.classes is not None else None
-            acc["map"], acc["map50"] = coco_map(data.coco.coco, coco_results(outputs, ids), ids, classes)
+            acc["map"], acc["map50"] = coco_map(data.coco.annotations.index, coco_results(outputs, ids), ids, classes)
         if vs_original:
             gt = _gt_from_outputs(originals, ids, sizes)
             acc["map_vs_original"] = coco_map(gt, coco_results(outputs, ids), ids)[0] if gt.dataset["annotations"] else None
@@ -327,7 +314,7 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
         entries = {f"split{i}": e for i, e in enumerate(curve)} | {f"q{q}": result["offload"][f"q{q}"] for q in qualities}
         outputs = {f"split{i}": o for i, o in enumerate(splits)} | {f"q{q}": offload[q] for q in qualities}
         classes = sorted(base.classes) if base.classes is not None else None
-        intervals = map_ratio_ci(data.coco.coco, data.image_ids, originals, outputs, classes, replicates=bootstrap)
+        intervals = map_ratio_ci(data.coco.annotations.index, data.image_ids, originals, outputs, classes, replicates=bootstrap)
         for name, entry in entries.items():
             entry["map_ratio_ci95"] = intervals[name]
     result["prefilter"] = _prefilter_section(ckpts[0], models[0][0], data, loaded) if ckpts[0] else None

@@ -11,7 +11,8 @@ Layout (every section optional except `recipe` and `data.dir`):
 
 ```yaml
 recipe: mobilenet_v2          # a name from `splitedge models`
-weights: IMAGENET1K_V1        # torchvision weights enum of the teacher (null: random init)
+weights: IMAGENET1K_V1        # torchvision weights enum of the teacher (null: the recipe's shipped
+                              # network, or its default weights when cached; else random init)
 output: checkpoints/x.pt      # where the checkpoint goes (written after every epoch)
 data:   {dir: ..., labels: prefix|FILE.csv|null, val_fraction: 0.2, seed: 0,
          extra_dirs: [...]}   # unlabeled folders, all for training: distillation needs no labels

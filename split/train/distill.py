@@ -13,13 +13,9 @@ the original.
   the decoded features, so errors that the tail amplifies are penalized where they matter.
   Optionally `kd_weight` x KL(teacher || student) on a classifier's logits.
 
-Why a teacher cache: on this CPU, running the frozen teacher for every step costs more than
-the student's own step (REFERENCES.md). Every augmented sample is a pure function of
-(seed, index) (see `split.data.DistillAugment`), so the teacher runs once per sample: its
-outputs at the loss stages, and the input of the first trainable layer (the output of the
-frozen prefix `freeze_through`, or the augmented image itself), are stored — in memory, or
-as .npy files under `cache_dir` that the next run with the same data and teacher reuses
-(three bottleneck sizes share one cache). Epochs then read the cache in a seeded order.
+Why a teacher cache (`split.train.teacher_cache`): on this CPU the frozen teacher costs more
+per step than the student, so it runs once per augmented sample and epochs read its outputs.
+Which stages are frozen, trained and scored is the run's `Plan` (`split.train.plan`).
 
 Why simulate the codec: the wire carries 8-bit per-tensor quantized values, so training
 quantizes the latent the same way (min/max per sample, 255 steps) with a straight-through
@@ -38,7 +34,6 @@ import math
 import os
 import sys
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -49,14 +44,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bottlenecks import Bottleneck
-from split.adapters import ClassifierAdapter, Stage
 from split.api import SplitModel
-from split.data import DataError, DistillAugment, LabeledImages, load_image, train_val_split
-from split.train_config import ConfigError, DistillConfig, config_from_dict, load_config
+from split.images import load_image
+from split.train.config import ConfigError, DistillConfig, config_from_dict, load_config
+from split.train.data import DataError, DistillAugment, LabeledImages, train_val_split
+from split.train.plan import Plan, center_view, model_size, normalize_batch
+from split.train.teacher_cache import TeacherCache
 from split.weights import WeightsError, load_checkpoint
 
-__all__ = ["Distiller", "TrainResult", "config_of_checkpoint", "default_ghnd_stages", "fake_quantize", "train",
-           "train_from_file"]
+__all__ = ["Distiller", "TrainResult", "config_of_checkpoint", "fake_quantize", "train", "train_from_file"]
 
 LOGITS = "logits"
 
@@ -86,160 +82,6 @@ def fake_quantize(z: Tensor) -> Tensor:
     return z + (q - z).detach()
 
 
-def _shapes(stages: list[Stage], size: int, adapter: Any) -> list[tuple[int, ...]]:
-    x = _normalize_batch(adapter, torch.zeros(1, 3, size, size))
-    out = []
-    with torch.inference_mode():
-        for s in stages:
-            x = s.module(x)
-            out.append(tuple(x.shape[1:]))
-    return out
-
-
-def default_ghnd_stages(stages: list[Stage], k: int, shapes: list[tuple[int, ...]]) -> list[str]:
-    """GHND's stages when a config names none: the split point, then the end of every later
-    resolution level (for ResNet: layer1..layer4, as hnd-ghnd) and every tapped output (FPN
-    levels, SSD heads), i.e. the tensors the rest of the network is built on."""
-    names = [stages[k].name]
-    for i in range(k + 1, len(stages)):
-        if len(shapes[i]) != 3 or _is_pooling(stages[i].module):
-            break  # pooled: the classifier's end
-        nxt = shapes[i + 1] if i + 1 < len(shapes) else ()
-        level_end = len(nxt) != 3 or nxt[1:] != shapes[i][1:]
-        if stages[i].tap is not None or level_end:
-            names.append(stages[i].name)
-    return names
-
-
-def _is_pooling(module: nn.Module) -> bool:
-    return isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.Flatten))
-
-
-def _normalize_batch(adapter: Any, images: Tensor) -> Tensor:
-    """The model's input for a batch of same-sized images in [0, 1] (already at model size)."""
-    if isinstance(adapter, ClassifierAdapter):
-        mean = torch.tensor(adapter.mean).view(1, 3, 1, 1)
-        std = torch.tensor(adapter.std).view(1, 3, 1, 1)
-        return (images - mean) / std
-    return torch.cat([adapter.preprocess(im).tensor for im in images])
-
-
-def _model_size(adapter: Any) -> int:
-    if isinstance(adapter, ClassifierAdapter):
-        return adapter.crop_size
-    transform = adapter.model.transform
-    return int(transform.fixed_size[0] if getattr(transform, "fixed_size", None) else transform.min_size[0])
-
-
-def _center_view(image: Tensor, size: int, adapter: Any) -> Tensor:
-    """The deterministic validation view: the classifier's own resize + center crop, or a
-    center square at the training size for detectors (so that samples stack into batches)."""
-    from torchvision.transforms.v2 import functional as TF
-
-    if isinstance(adapter, ClassifierAdapter):
-        short = round(size * adapter.resize_size / adapter.crop_size)
-    else:
-        short = size
-    x = TF.resize(image, [short], antialias=True)
-    return TF.center_crop(x, [size, size]).clamp(0, 1)
-
-
-class _Plan:
-    """Which stages are frozen and cached, which train, which the loss reads."""
-
-    def __init__(self, cfg: DistillConfig, student: SplitModel, stages: list[Stage], size: int) -> None:
-        names = [s.name for s in stages]
-        self.k = names.index(student.at)
-        t = cfg.train
-        if not t.trainable_head:
-            self.frozen = self.k + 1
-        elif t.freeze_through is None:
-            self.frozen = 0
-        else:
-            if t.freeze_through not in names[: self.k + 1]:
-                raise ConfigError(f"{cfg.source}: train.freeze_through {t.freeze_through!r} is not a stage at or "
-                                  f"before the split point {student.at!r}; head stages: {', '.join(names[: self.k + 1])}")
-            self.frozen = names.index(t.freeze_through) + 1
-        self.shapes = _shapes(stages, size, student.adapter)
-        if t.loss == "hnd":
-            self.loss_stages = [student.at]
-        elif t.ghnd_stages:
-            feature = [n for n, st, sh in zip(names[self.k:], stages[self.k:], self.shapes[self.k:])
-                       if len(sh) == 3 and not _is_pooling(st.module)]
-            bad = [s for s in t.ghnd_stages if s not in feature]
-            if bad:
-                later = feature
-                raise ConfigError(f"{cfg.source}: train.ghnd_stages entry {bad[0]!r} is not a feature stage at or "
-                                  f"after the split point; valid: {', '.join(later)}")
-            self.loss_stages = list(dict.fromkeys(t.ghnd_stages))
-        else:
-            self.loss_stages = default_ghnd_stages(stages, self.k, self.shapes)
-        self.classifier = student.family == "classifier"
-        if t.kd_weight > 0 and not self.classifier:
-            raise ConfigError(f"{cfg.source}: train.kd_weight applies to classifiers; {cfg.recipe!r} is a detector")
-        self.kd = t.kd_weight > 0
-        last_loss = max(names.index(s) for s in self.loss_stages)
-        self.run_to = len(stages) - 1 if self.kd else last_loss  # the student runs no further than needed
-        self.names = names
-        self.input_is_image = self.frozen == 0
-
-
-class _Cache:
-    """Augmented samples through the frozen teacher: student inputs and teacher targets.
-
-    Arrays are numpy (in memory, or .npy memory maps under a directory with a `meta.json`
-    written last, so an interrupted build is never mistaken for a complete one).
-    """
-
-    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
-        self.arrays = arrays
-        self.n = len(next(iter(arrays.values())))
-
-    def batch(self, idx: Tensor | list[int]) -> dict[str, Tensor]:
-        ix = np.sort(np.asarray(idx, dtype=np.int64))  # sorted reads are kinder to memory maps
-        order = np.argsort(np.argsort(np.asarray(idx, dtype=np.int64)))
-        return {k: torch.from_numpy(np.ascontiguousarray(v[ix][order])) for k, v in self.arrays.items()}
-
-    @staticmethod
-    def build(n: int, view: Callable[[int], Tensor], teacher: Callable[[Tensor], dict[str, Tensor]],
-              directory: Path | None, key: str, batch_size: int, desc: str, progress: bool) -> "_Cache":
-        from tqdm import tqdm
-
-        if directory is not None:
-            folder = directory / key
-            meta = folder / "meta.json"
-            if meta.is_file():
-                info = json.loads(meta.read_text())
-                if info.get("n") == n:
-                    return _Cache({k: np.load(folder / f"{k}.npy", mmap_mode="r") for k in info["keys"]})
-            folder.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        bar = tqdm(total=n, desc=desc, unit="sample", file=sys.stderr, disable=not progress, mininterval=5)
-        for start in range(0, n, batch_size):
-            idx = list(range(start, min(n, start + batch_size)))
-            views = torch.stack([view(i) for i in idx])
-            with torch.inference_mode():
-                out = teacher(views)
-            for k, v in out.items():
-                arr = v.numpy()
-                if k not in arrays:
-                    shape = (n, *arr.shape[1:])
-                    if directory is not None:
-                        arrays[k] = np.lib.format.open_memmap(directory / key / f"{k}.npy", mode="w+",
-                                                              dtype=arr.dtype, shape=shape)
-                    else:
-                        arrays[k] = np.empty(shape, dtype=arr.dtype)
-                arrays[k][start : start + len(idx)] = arr
-            bar.update(len(idx))
-        bar.close()
-        if directory is not None:
-            for a in arrays.values():
-                a.flush()
-            (directory / key / "meta.json").write_text(json.dumps({"n": n, "keys": sorted(arrays)}))
-            return _Cache({k: np.load(directory / key / f"{k}.npy", mmap_mode="r") for k in arrays})
-        return _Cache(arrays)
-
-
 class Distiller:
     """One distillation run: teacher, student, caches, optimizer; `run()` trains and saves."""
 
@@ -252,10 +94,13 @@ class Distiller:
         if t.threads:
             torch.set_num_threads(t.threads)
         torch.set_flush_denormal(True)  # denormal floats slow CPU convolutions many-fold
-        # The recipe's split, codec, name; the teacher is the shipped network itself, never a
-        # previously distilled split of it (`Recipe.split_checkpoint`).
-        shipped = None if cfg.weights else get_recipe(cfg.recipe).default_checkpoint()
-        recipe_sm, self.weights_source = build(cfg.recipe, weights=cfg.weights, checkpoint=shipped)
+        # The recipe's split, codec, name; the teacher is the shipped network itself (`weights: null`:
+        # the recipe's own, `Recipe.checkpoint` or its cached `Recipe.weights`), never a previously
+        # distilled split of it (`Recipe.split_checkpoint`).
+        recipe = get_recipe(cfg.recipe)
+        self.weights = cfg.weights or recipe.default_weights()
+        shipped = None if self.weights else recipe.default_checkpoint()
+        recipe_sm, self.weights_source = build(cfg.recipe, weights=self.weights, checkpoint=shipped)
         self.model = recipe_sm.model.eval()  # the teacher: the original network, frozen below
         torch.manual_seed(t.seed)
         b = cfg.bottleneck
@@ -264,8 +109,8 @@ class Distiller:
                                   name=recipe_sm.name, own_head=t.trainable_head)
         self.model.requires_grad_(False)
         self.teacher_stages = self.student.adapter.stages()
-        self.size = t.input_size or _model_size(self.student.adapter)
-        self.plan = _Plan(cfg, self.student, self.teacher_stages, self.size)
+        self.size = t.input_size or model_size(self.student.adapter)
+        self.plan = Plan(cfg, self.student, self.teacher_stages, self.size)
         p = self.plan
         self.head_blocks = list(self.student.head.chain.blocks)
         self.trainable_head = nn.ModuleList(self.head_blocks[p.frozen : p.k + 1])
@@ -297,7 +142,7 @@ class Distiller:
         wanted = set(p.loss_stages) | ({p.names[p.k]} if with_logits else set())
 
         def run(views: Tensor) -> dict[str, Tensor]:
-            x = _normalize_batch(self.student.adapter, views)
+            x = normalize_batch(self.student.adapter, views)
             out: dict[str, Tensor] = {}
             if p.input_is_image:
                 out["input"] = (views * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
@@ -318,21 +163,21 @@ class Distiller:
         """The shipped network's file digest: a re-fine-tuned detector is another teacher."""
         from split.recipes import get_recipe
 
-        path = None if self.cfg.weights else get_recipe(self.cfg.recipe).default_checkpoint()
+        path = None if self.weights else get_recipe(self.cfg.recipe).default_checkpoint()
         return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path is not None else None
 
     def _cache_key(self, part: str, files: list[Path], n: int) -> str:
         t, p = self.cfg.train, self.plan
         # "v" versions what is not in the config (DistillAugment's settings, the stored dtypes):
         # bump it when those change, or a stale cache would be reused.
-        ident = {"part": part, "recipe": self.cfg.recipe, "weights": self.cfg.weights, "size": self.size,
+        ident = {"part": part, "recipe": self.cfg.recipe, "weights": self.weights, "size": self.size,
                  "files": [f"{f.name}:{f.stat().st_size}" for f in files], "n": n, "seed": t.seed,
                  "frozen": p.frozen, "stages": p.loss_stages, "run_to": p.run_to, "teacher": self._teacher_digest(),
                  "v": 1}
         digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.cfg.recipe}-{part}-{digest}"
 
-    def _caches(self) -> tuple[_Cache, _Cache | None]:
+    def _caches(self) -> tuple[TeacherCache, TeacherCache | None]:
         t = self.cfg.train
         directory = Path(os.path.expanduser(t.cache_dir)) if t.cache_dir else None
         files = self.train_files
@@ -349,12 +194,12 @@ class Distiller:
         per_sample = self._bytes_per_sample()
         self.log(f"teacher cache: {n} training samples ({len(files)} images x {t.augment_repeats}), "
                  f"~{n * per_sample / 2**20:.0f} MiB" + (f" under {directory}" if directory else " in memory"))
-        train = _Cache.build(n, train_view, self._teacher_fn(self.plan.kd), directory,
+        train = TeacherCache.build(n, train_view, self._teacher_fn(self.plan.kd), directory,
                              self._cache_key("train", files, n), t.batch_size, "teacher", self.progress)
         val = None
         if len(self.val_set):
             vfiles = self.val_set.files
-            val = _Cache.build(len(vfiles), lambda i: _center_view(load_image(vfiles[i]), self.size, self.student.adapter),
+            val = TeacherCache.build(len(vfiles), lambda i: center_view(load_image(vfiles[i]), self.size, self.student.adapter),
                                self._teacher_fn(True), directory, self._cache_key("val", vfiles, len(vfiles)),
                                t.batch_size, "teacher (val)", self.progress)
         return train, val
@@ -370,7 +215,7 @@ class Distiller:
         """Trainable head stages -> encoder -> (8-bit) -> decoder -> frozen later stages."""
         p = self.plan
         x = batch["input"]
-        x = _normalize_batch(self.student.adapter, x.float() / 255.0) if p.input_is_image else x.float()
+        x = normalize_batch(self.student.adapter, x.float() / 255.0) if p.input_is_image else x.float()
         for block in self.trainable_head:
             x = block(x)
         size = (int(x.shape[-2]), int(x.shape[-1]))
@@ -405,7 +250,7 @@ class Distiller:
         self.bottleneck.train(training)
 
     @torch.no_grad()
-    def validate(self, cache: _Cache) -> dict[str, float]:
+    def validate(self, cache: TeacherCache) -> dict[str, float]:
         """Split-point relative MSE (error energy / teacher variance) and, for classifiers,
         top-1 agreement with the teacher and top-1 against labels, on held-out images."""
         self._train_mode(False)
@@ -418,7 +263,7 @@ class Distiller:
             idx = list(range(start, min(cache.n, start + bs)))
             batch = cache.batch(idx)
             x = batch["input"]
-            x = _normalize_batch(self.student.adapter, x.float() / 255.0) if p.input_is_image else x.float()
+            x = normalize_batch(self.student.adapter, x.float() / 255.0) if p.input_is_image else x.float()
             for block in self.trainable_head:
                 x = block(x)
             size = (int(x.shape[-2]), int(x.shape[-1]))
@@ -442,7 +287,7 @@ class Distiller:
                 out["val_top1"] = correct / total
         return out
 
-    def _pca_init(self, cache: _Cache, max_samples: int = 2048) -> None:
+    def _pca_init(self, cache: TeacherCache, max_samples: int = 2048) -> None:
         """Start a "block" bottleneck from the block PCA of the teacher's split-point features."""
         split_name = self.plan.names[self.plan.k]
         if split_name not in cache.arrays:
@@ -466,7 +311,7 @@ class Distiller:
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
             "history": history,
-            "weights": self.cfg.weights,
+            "weights": self.weights,
         }
         if self.cfg.train.trainable_head:
             ckpt["head"] = self.student.head.chain.state_dict()
@@ -585,3 +430,4 @@ def config_of_checkpoint(path: str | os.PathLike[str]) -> DistillConfig:
     if not isinstance(ckpt.get("config"), dict):
         raise WeightsError(f"{path} holds no training config")
     return config_from_dict(ckpt["config"], str(path))
+

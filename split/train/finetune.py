@@ -3,7 +3,7 @@
 The split is distilled from a teacher; the teacher itself must first detect something. With
 only the ImageNet backbone available offline, the detection heads start random and learn
 here from the bundled COCO annotations. The validation part is chosen by file name with the
-same rule as `splitedge train` and `splitedge eval --val-only` (`split.data.train_val_split`),
+same rule as `splitedge train` and `splitedge eval --val-only` (`split.train.data.train_val_split`),
 so distillation and evaluation hold out exactly the images fine-tuning never saw; the ids are
 stored in the checkpoint too.
 
@@ -14,18 +14,20 @@ class, too few to learn 80 classes from. Labels stay COCO category ids (a person
 
 from __future__ import annotations
 
-import json
 import math
 import random
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from split.images import load_image
+from split.train.coco import CocoAnnotations, CocoImages
+from split.train.data import train_val_split
+from split.train.evaluation import coco_map, coco_results
 
 __all__ = ["CocoDetection", "category_ids", "coco_split", "detection_map", "finetune_detector"]
 
@@ -34,8 +36,6 @@ def coco_split(images_dir: str | Path, annotations: str | Path, val_fraction: fl
                seed: int) -> tuple[list[int], list[int]]:
     """(train, val) image ids: `train_val_split` on the file names of the annotated images
     present in `images_dir`, the rule `splitedge train`/`eval --val-only` apply to the folder."""
-    from split.data import CocoImages, train_val_split
-
     data = CocoImages(images_dir, annotations)
     train, val = train_val_split([f.name for f in data.files], val_fraction, seed)
     return sorted(data.image_ids[i] for i in train), sorted(data.image_ids[i] for i in val)
@@ -43,7 +43,7 @@ def coco_split(images_dir: str | Path, annotations: str | Path, val_fraction: fl
 
 def category_ids(annotations: str | Path, names: list[str] | None) -> dict[int, str]:
     """{COCO category id: name} for `names` (all categories when None); unknown names raise."""
-    cats = {c["id"]: c["name"] for c in json.loads(Path(annotations).read_text())["categories"]}
+    cats = CocoAnnotations.read(annotations).categories
     if names is None:
         return cats
     by_name = {v: k for k, v in cats.items()}
@@ -57,9 +57,6 @@ def detection_map(model: nn.Module, images_dir: str | Path, annotations: str | P
                   classes: list[int] | None = None) -> tuple[float, float]:
     """(mAP@[.5:.95], mAP@.5) of `model` on `image_ids`, over `classes` only when given
     (a person detector is not scored on the 79 classes it never learned)."""
-    from split.data import CocoImages
-    from split.evaluation import coco_map, coco_results
-
     data = CocoImages(images_dir, annotations)
     keep = [i for i, image_id in enumerate(data.image_ids) if image_id in set(image_ids)]
     data = data.subset(keep)
@@ -68,7 +65,7 @@ def detection_map(model: nn.Module, images_dir: str | Path, annotations: str | P
     with torch.inference_mode():
         outputs = [model([data[i][0]])[0] for i in range(len(data))]
     model.train(was_training)
-    return coco_map(data.coco, coco_results(outputs, data.image_ids), data.image_ids, classes)
+    return coco_map(data.annotations.index, coco_results(outputs, data.image_ids), data.image_ids, classes)
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -76,19 +73,11 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __init__(self, images_dir: str | Path, annotations: str | Path, ids: list[int] | None = None,
                  train: bool = False, classes: list[int] | None = None) -> None:
-        data = json.loads(Path(annotations).read_text())
+        coco = CocoAnnotations.read(annotations)
         self.images_dir = Path(images_dir)
-        self.images = {im["id"]: im for im in data["images"]}
+        self.images = coco.images
         self.ids = sorted(ids if ids is not None else self.images)
-        self.boxes: dict[int, list[tuple[list[float], int]]] = {i: [] for i in self.images}
-        for a in data["annotations"]:
-            if a.get("iscrowd", 0) or a["image_id"] not in self.boxes:
-                continue
-            if classes is not None and a["category_id"] not in classes:
-                continue
-            x, y, w, h = a["bbox"]
-            if w >= 1 and h >= 1:
-                self.boxes[a["image_id"]].append(([x, y, x + w, y + h], a["category_id"]))
+        self.boxes: dict[int, list[tuple[list[float], int]]] = {i: coco.boxes(i, classes) for i in self.images}
         self.train = train
 
     def __len__(self) -> int:
@@ -96,10 +85,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         info = self.images[self.ids[k]]
-        bgr = cv2.imread(str(self.images_dir / info["file_name"]), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise FileNotFoundError(f"cannot read {self.images_dir / info['file_name']}")
-        image = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255
+        image = load_image(self.images_dir / info["file_name"])
         items = self.boxes[info["id"]]
         boxes = torch.tensor([b for b, _ in items], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([c for _, c in items], dtype=torch.int64)

@@ -1,4 +1,4 @@
-"""Image datasets for distillation and evaluation: labeled folders, COCO, splits, augmentations.
+"""Image datasets for distillation and evaluation: labeled folders, splits, augmentations (COCO: `coco`).
 
 Why these and not torchvision.datasets: the data here is a flat folder of a few hundred
 images whose class index is a numeric file-name prefix (`NNN_...`, as in
@@ -6,8 +6,8 @@ images whose class index is a numeric file-name prefix (`NNN_...`, as in
 COCO folder with one annotation JSON. `ImageFolder` wants one directory per class and
 `CocoDetection` returns PIL images and raw annotation lists; both would need a wrapper anyway.
 
-Images are returned as float tensors [3, H, W] in [0, 1], RGB, which is what every adapter's
-`preprocess`/`resize` takes.
+Images are returned as float tensors [3, H, W] in [0, 1], RGB (`split.images.load_image`), which
+is what every adapter's `preprocess`/`resize` takes.
 
 The train/validation split is deterministic from the sorted file names and a seed, so that
 `splitedge train` and `splitedge eval --val-only` (two processes, possibly days apart) agree
@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "CocoImages",
-    "DataError",
-    "DistillAugment",
-    "LabeledImages",
-    "list_images",
-    "load_image",
-    "read_labels",
-    "train_val_split",
-]
+from split.images import load_image
+
+__all__ = ["IMAGE_EXTENSIONS", "DataError", "DistillAugment", "LabeledImages", "list_images", "read_labels",
+           "train_val_split"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _PREFIX = re.compile(r"^(\d+)[_\-.]")
@@ -62,31 +54,6 @@ def list_images(root: str | os.PathLike[str]) -> list[Path]:
     if not files:
         raise DataError(f"image folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files
-
-
-def load_image(path: str | os.PathLike[str]) -> Tensor:
-    """An RGB image as float [3, H, W] in [0, 1]; grayscale and RGBA files become RGB.
-
-    torchvision's decoder is tried first (fast, no PIL round trip); OpenCV reads what it cannot
-    (e.g. CMYK JPEGs, which ImageNet has a few of).
-    """
-    from torchvision.io import ImageReadMode, decode_image
-
-    try:
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-        with warnings.catch_warnings():  # torchvision >= 0.29 flags its image IO as deprecated; it works
-            warnings.simplefilter("ignore", DeprecationWarning)
-            img = decode_image(data, mode=ImageReadMode.RGB)
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except (RuntimeError, ValueError):
-        import cv2
-
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DataError(f"image {path} cannot be decoded") from None
-        img = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
-    return img.float() / 255.0
 
 
 def read_labels(spec: str, files: list[Path]) -> list[int]:
@@ -167,68 +134,6 @@ class LabeledImages:
     def subset(self, indices: list[int]) -> "LabeledImages":
         return LabeledImages(self.root, [self.files[i] for i in indices],
                              [self.labels[i] for i in indices] if self.labels is not None else None)
-
-
-class CocoImages:
-    """COCO images with their annotations: image + target {boxes (xyxy), labels (category ids)}.
-
-    Only images that are both in the JSON and in the folder are kept (coco128 ships 128 of the
-    5000 val2017 images, say). `coco` is the pycocotools object, for COCOeval.
-    """
-
-    def __init__(self, images: str | os.PathLike[str], annotations: str | os.PathLike[str]) -> None:
-        from pycocotools.coco import COCO
-
-        ann = Path(annotations)
-        if not ann.is_file():
-            raise DataError(f"annotations {ann} do not exist")
-        try:
-            with _quiet():
-                self.coco = COCO(str(ann))
-        except (ValueError, KeyError) as exc:
-            raise DataError(f"annotations {ann} are not COCO JSON: {exc}") from None
-        on_disk = {f.name: f for f in list_images(images)}
-        entries = sorted(self.coco.dataset.get("images", []), key=lambda e: e["file_name"])
-        self.image_ids: list[int] = [e["id"] for e in entries if Path(e["file_name"]).name in on_disk]
-        self.files: list[Path] = [on_disk[Path(e["file_name"]).name] for e in entries if Path(e["file_name"]).name in on_disk]
-        if not self.files:
-            raise DataError(f"none of the images in {ann} are in {images}")
-        self.root = Path(images)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def target(self, i: int) -> dict[str, Tensor]:
-        anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=[self.image_ids[i]], iscrowd=None))
-        boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns]
-        return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
-                "iscrowd": torch.tensor([a.get("iscrowd", 0) for a in anns], dtype=torch.int64),
-                "image_id": torch.tensor(self.image_ids[i])}
-
-    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Tensor]]:
-        return load_image(self.files[i]), self.target(i)
-
-    def subset(self, indices: list[int]) -> "CocoImages":
-        out = object.__new__(CocoImages)
-        out.coco, out.root = self.coco, self.root
-        out.image_ids = [self.image_ids[i] for i in indices]
-        out.files = [self.files[i] for i in indices]
-        return out
-
-
-class _quiet:
-    """pycocotools prints progress lines to stdout; a JSON-writing command wants them gone."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._cm = contextlib.redirect_stdout(io.StringIO())
-        self._cm.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._cm.__exit__(*exc)
 
 
 class DistillAugment:

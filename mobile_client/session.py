@@ -1,0 +1,292 @@
+"""The session driver: the one order of calls into the controller, for any clock and any transport.
+
+Connect (RTT pings, the connect probe), and per frame: reconnect when the
+backoff says so, hand over what came back meanwhile (late results, link probe
+answers), decide, carry the decision out (local, a link probe beside it, or a
+remote frame that may end in its result, a deadline, a lost hedge or a lost
+server), and report what happened. Written once here; the live device
+(:class:`mobile_client.runtime.DeviceRuntime`: the real clock, gRPC and torch)
+and the simulator (``simulators/experiment.py``: a virtual clock and a link
+model) each supply a :class:`SessionIO`, so a simulated figure and a live run
+follow the same rules step for step.
+
+Every frame gets exactly one :class:`Served` record, whatever failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from .controller import Controller
+from .decision import Decision
+
+__all__ = ["Session", "SessionIO", "Served", "Arrival", "Encoded", "Outcome", "EdgeUnavailable"]
+
+
+class EdgeUnavailable(RuntimeError):
+    """The server cannot be reached, or the stream broke or stopped answering."""
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """Something the edge sent back that nobody was waiting for: a late result or a link probe's answer."""
+
+    msg_id: int  # the frame id or the probe id it answers
+    seconds: float  # from sending to arrival
+    server_s: float  # what the edge held it (queue + compute)
+    at_s: float  # arrival, on the session's clock
+    code: int = 0  # a gRPC status code; 0: OK
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A remote frame's payload, made on the device; ``payload`` None: the prefilter found nothing to send."""
+
+    payload: Any
+    nbytes: int
+    device_s: float  # head (split) or JPEG encode (offload) on the device
+    extra: Any = None  # what the IO keeps for the frame's hedged local run (live: the split point's features)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a remote frame ended.
+
+    ``kind``: ``"result"`` (in time), ``"deadline"`` (given up on: the session
+    then runs the frame locally), ``"hedge"`` (the hedged local run finished
+    first and serves it), ``"lost"`` (the server was lost before the result;
+    with ``outputs`` the hedged local run served it anyway), ``"refused"``
+    (the payload could not be sent, e.g. over the message limit).
+    """
+
+    kind: str
+    at_s: float  # when it ended, on the session's clock
+    seconds: float = 0.0  # result: send to result; deadline, hedge: send to giving up
+    server_s: float = 0.0  # result: what the edge held it (queue + compute)
+    network_s: float = 0.0  # the link's share, for the record
+    compute_s: float = 0.0  # result: the edge's compute alone, for the record
+    device_s: float = 0.0  # hedge, lost with outputs: the device's whole time (head + local run)
+    outputs: Any = None  # result: the edge's detections; hedge: the local run's
+    code: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Served:
+    """One frame's record: what served it, why, and where the time went (seconds on the session's clock)."""
+
+    decision: Decision
+    mode: str
+    reason: str
+    start_s: float
+    done_s: float = 0.0
+    device_s: float = 0.0  # head / JPEG encode and any local run on the device
+    network_s: float = 0.0
+    server_s: float = 0.0  # the edge's compute
+    payload_bytes: int = 0
+    probe_bytes: int = 0  # a link probe sent beside this (local) frame
+    fallback: bool = False  # the frame wanted the edge (or was given up on); local served it
+    filtered: bool = False  # the prefilter found nothing of interest: nothing sent, no detections
+    error: str | None = None
+    outputs: Any = None  # detections, in the IO's own form
+
+
+class SessionIO(Protocol):
+    """What the session needs from a device and a transport; raise :class:`EdgeUnavailable` for a lost edge."""
+
+    has_edge: bool  # False: local only, never connect
+
+    def now(self) -> float: ...
+    def connected(self) -> bool: ...
+    def connect(self) -> dict[str, float]: ...  # the edge's measured latencies of this model ({} if unknown)
+    def close(self) -> None: ...
+    def ping(self, timeout_s: float) -> float: ...
+    def send_probe(self, nbytes: int) -> int: ...  # its id; ValueError if it cannot be sent
+    def wait_probe(self, probe_id: int, timeout_s: float) -> Arrival | None: ...
+    def arrivals(self) -> list[Arrival]: ...  # what came back by now, oldest first
+    def run_local(self, frame: Any) -> tuple[Any, float]: ...  # outputs, device seconds
+    def encode(self, frame: Any, mode: str, hedge: bool) -> Encoded: ...
+    def remote(self, frame_id: int, frame: Any, mode: str, encoded: Encoded, deadline_s: float | None,
+               hedge: bool) -> Outcome: ...
+
+
+class Session:
+    """Drives one controller over one :class:`SessionIO`: :meth:`connect`, then :meth:`step` per frame."""
+
+    def __init__(self, controller: Controller, io: SessionIO, *, rtt_pings: int = 3,
+                 connect_timeout_s: float = 5.0) -> None:
+        self.controller, self.io = controller, io
+        self.rtt_pings, self.connect_timeout_s = rtt_pings, connect_timeout_s
+        self.warnings: list[str] = []
+        self._abandoned: dict[int, tuple[str, int]] = {}  # frame id -> (mode, payload bytes) of frames given up on
+        self._probes: dict[int, int] = {}  # link probe id -> its bytes, until answered
+
+    # ---------------------------------------------------------------- connect
+    def connect(self) -> bool:
+        """Connect, time ``rtt_pings`` round trips, send the connect probe; False if the edge is unavailable."""
+        if not self.io.has_edge:
+            return False
+        try:
+            latencies = self.io.connect()
+        except EdgeUnavailable as exc:
+            self._edge_lost(exc)
+            return False
+        self.controller.server_ok(self.io.now())
+        if "tail" in latencies and "offload_edge" in latencies:  # plan with the edge's own measured times
+            self.controller.costs = replace(self.controller.costs, t_tail_edge_ms=latencies["tail"],
+                                            t_full_edge_ms=latencies["offload_edge"])
+        self._abandoned.clear()
+        self._probes.clear()
+        self._measure_rtt()
+        return self._connect_probe()
+
+    def _measure_rtt(self) -> None:
+        """The fastest of a few tiny round trips on the fresh connection: what the link adds to any message."""
+        rtts = []
+        for _ in range(max(0, self.rtt_pings)):
+            try:
+                rtts.append(self.io.ping(self.connect_timeout_s))
+            except EdgeUnavailable:
+                break
+        if rtts:
+            self.controller.observe_rtt(min(rtts), self.io.now())
+
+    def _connect_probe(self) -> bool:
+        """The link probe the controller asks for at connect, waited for a connect timeout, so the first frame is
+        chosen knowing the link; a later answer is handed over when it comes. False if the stream broke."""
+        nbytes = self.controller.connect_probe(self.io.now())
+        if not nbytes:
+            return True
+        try:
+            probe_id = self.io.send_probe(nbytes)
+            self._probes[probe_id] = nbytes
+            got = self.io.wait_probe(probe_id, self.connect_timeout_s)
+        except EdgeUnavailable as exc:
+            self._edge_lost(exc)
+            return False
+        except ValueError as exc:  # over the server's message limit: no probe, the frames will tell
+            self.controller.probe_lost(self.io.now())
+            self.warnings.append(f"link probe at connect not sent: {exc}")
+            return True
+        if got is not None:
+            del self._probes[probe_id]
+            self._probe_answered(got, nbytes)
+        return True
+
+    # ------------------------------------------------------------------ frame
+    def step(self, frame_id: int, frame: Any) -> Served:
+        """Serve one frame, starting now; the record says how."""
+        start = self.io.now()
+        if self.io.has_edge and not self.io.connected() and self.controller.should_reconnect(start):
+            self.connect()
+        self._collect()
+        decision = self.controller.choose(start)
+        served = Served(decision, decision.mode, decision.reason, start)
+        if decision.reason == "no-server" or (decision.mode != "local" and not self.io.connected()):
+            served.fallback = True  # the frame wanted the edge; local serves it meanwhile
+            self._local(frame, served)
+        elif decision.mode == "local":
+            if decision.probe_bytes > 0:
+                self._send_probe(decision.probe_bytes, served)
+            self._local(frame, served)
+        else:
+            self._remote(frame_id, frame, decision, served)
+        served.done_s = self.io.now()
+        return served
+
+    def _local(self, frame: Any, served: Served) -> None:
+        outputs, seconds = self.io.run_local(frame)
+        self.controller.observe_local(seconds, served.start_s)
+        served.mode, served.outputs = "local", outputs
+        served.device_s = served.device_s + seconds
+
+    def _remote(self, frame_id: int, frame: Any, decision: Decision, served: Served) -> None:
+        mode = decision.mode
+        encoded = self.io.encode(frame, mode, decision.hedge)
+        served.device_s = encoded.device_s
+        if encoded.payload is None:  # the prefilter found nothing of interest: send nothing
+            served.filtered = True
+            return
+        served.payload_bytes = nbytes = encoded.nbytes
+        out = self.io.remote(frame_id, frame, mode, encoded, decision.deadline_s, decision.hedge)
+        if out.kind == "result":
+            self._collect()  # late results that arrived while waiting came first
+            self.controller.observe(mode, nbytes, out.seconds, out.server_s, out.at_s)
+            served.network_s, served.server_s, served.outputs = out.network_s, out.compute_s, out.outputs
+            if out.code != 0:
+                served.error = out.error
+        elif out.kind == "hedge":  # the local run won: like a missed deadline, the result is reported late
+            served.mode, served.reason, served.fallback = "local", "hedge", True
+            served.device_s, served.network_s, served.outputs = out.device_s, out.network_s, out.outputs
+            self._give_up(frame_id, mode, nbytes, out.seconds, out.at_s)
+        elif out.kind == "deadline":  # not a server failure: the stream stays up, the result (if it comes) is late
+            self._give_up(frame_id, mode, nbytes, out.seconds, out.at_s)
+            served.reason, served.fallback, served.network_s = "deadline", True, out.network_s
+            self._local(frame, served)
+        else:  # lost or refused: the edge failed this frame; the device serves it
+            if out.kind == "lost":
+                self.io.close()
+                self.controller.server_failed(out.at_s)
+            served.fallback, served.error = True, out.error
+            if out.outputs is None:
+                self._local(frame, served)
+            else:  # the hedged local run went on and served it
+                served.mode, served.device_s, served.outputs = "local", out.device_s, out.outputs
+
+    def _give_up(self, frame_id: int, mode: str, nbytes: int, waited_s: float, at_s: float) -> None:
+        """Stop waiting for a remote frame's result (served locally instead); its result, if it comes, is late.
+
+        Registered before collecting what arrived meanwhile, so that the frame's own result, if it has just
+        come, is not dropped as a stranger's. What arrived while waiting is older news than this miss.
+        """
+        self._abandoned[frame_id] = (mode, nbytes)
+        self.controller.missed(mode, nbytes, waited_s, at_s)
+        self._collect()
+
+    # --------------------------------------------------------- what came back
+    def _collect(self) -> None:
+        """Hand the controller what came back since the last look: late results and link probes' answers."""
+        if not self.io.has_edge or not self.io.connected():
+            return
+        try:
+            arrivals = self.io.arrivals()
+        except EdgeUnavailable as exc:  # found while running locally: the stream broke or went silent
+            self._edge_lost(exc)
+            return
+        for a in arrivals:
+            nbytes = self._probes.pop(a.msg_id, None)
+            if nbytes is not None:
+                self._probe_answered(a, nbytes)
+                continue
+            abandoned = self._abandoned.pop(a.msg_id, None)
+            if abandoned is not None:
+                self.controller.observe_late(abandoned[0], abandoned[1], a.seconds, a.server_s, a.at_s)
+
+    def _probe_answered(self, a: Arrival, nbytes: int) -> None:
+        if a.code != 0:  # a server without link probes: probe with frames instead
+            self.controller.probe_lost(a.at_s)
+            self.controller.link_probes = False
+            self.warnings.append(f"the edge refused a link probe ({a.error}); probing with frames instead")
+            return
+        self.controller.observe_probe(nbytes, a.seconds, a.server_s, a.at_s)
+
+    def _send_probe(self, nbytes: int, served: Served) -> None:
+        """A link probe beside a local frame: filler bytes the server answers at once."""
+        if not self.io.connected():
+            self.controller.probe_lost(self.io.now())
+            return
+        try:
+            self._probes[self.io.send_probe(nbytes)] = nbytes
+        except (EdgeUnavailable, ValueError) as exc:  # not sent: the frame goes on locally all the same
+            self.controller.probe_lost(self.io.now())
+            self.warnings.append(f"link probe not sent: {exc}")
+            return
+        served.probe_bytes = nbytes
+
+    def _edge_lost(self, exc: EdgeUnavailable) -> None:
+        """The server cannot be reached or stopped answering: local from now on, reconnect after the backoff."""
+        self.io.close()
+        backoff = self.controller.server_failed(self.io.now())
+        self.warnings.append(f"edge unavailable ({exc}); local mode, retry in {backoff:.1f} s")
