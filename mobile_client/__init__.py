@@ -4,7 +4,8 @@ from mobile_client.controller import Controller
 from mobile_client.decision import Decision
 from mobile_client.costs import ModeCosts, predict_latencies
 from mobile_client.edge_client import EdgeClient
-from mobile_client.session import EdgeUnavailable, Session
+from mobile_client.errors import EdgeUnavailable
+from mobile_client.session import Session
 from mobile_client.estimators import BandwidthEstimator, LinkEstimator, RttEstimator
 from mobile_client.runtime import DeviceRuntime, RuntimeOptions
 from mobile_client.sources import Frame, SourceError, open_source

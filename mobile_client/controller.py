@@ -153,7 +153,7 @@ class Controller:
         """The decision record; a remote mode gets a deadline and a hedge only where local may serve the frame."""
         deadline, hedge = None, False
         if probe_bytes:
-            self._probes.out_s = view.now_s
+            self._probes.link_probe_sent(view.now_s)
         if mode in REMOTE_MODES and view.local_allowed:
             hedge = self.hedge
             if self._deadlines.factor is not None:
@@ -314,7 +314,7 @@ class Controller:
         nbytes = int(payload_bytes(costs)[first_mode(costs, remote, self.hedge and local_ok, rtt_s)])
         if nbytes > 0:
             self._probes.sent(now_s)
-            self._probes.out_s = now_s
+            self._probes.link_probe_sent(now_s)
         return nbytes
 
     def deadline_budget_s(self, predicted_ms: float, local_ms: float) -> float:

@@ -30,7 +30,7 @@ import grpc
 from protos import splitedge_pb2 as pb
 from protos import splitedge_pb2_grpc as pb_grpc
 
-from mobile_client.session import EdgeUnavailable
+from mobile_client.errors import EdgeUnavailable
 
 __all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult", "PROBE_ID_BASE"]
 

@@ -1,7 +1,7 @@
 """When the controller may measure the link, and what of its link probes is still out.
 
 The controller's probing rules (docs/controller.md: "Probing", "Link probes",
-"Probe cost", "Hysteresis is for noise, not for ever") keep the cost of
+"Probe cost", "Runner-up probes and time-to-trigger") keep the cost of
 learning the link bounded: at most one probe per interval, spaced further
 when probes are expensive, and never a payload queued behind an unanswered
 link probe. This object holds the timestamps those rules read; the
@@ -59,6 +59,10 @@ class ProbeScheduler:
         self.last_s = now_s
         if instead_of_local is not None:
             self._from_local = instead_of_local
+
+    def link_probe_sent(self, now_s: float) -> None:
+        """A link probe goes out now: nothing remote until it is answered (or given up on)."""
+        self.out_s = now_s
 
     def answered(self, now_s: float, total_s: float) -> None:
         """A link probe's answer came; it ends the wait only if it answers the awaited probe, not an older one."""

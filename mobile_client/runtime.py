@@ -29,7 +29,8 @@ from split.detections import to_detections
 from mobile_client.controller import Controller
 from mobile_client.device import TorchDevice, to_tensor
 from mobile_client.edge_client import DeadlineExceeded, EdgeClient, LateResult
-from mobile_client.session import Arrival, EdgeUnavailable, Encoded, Outcome, Session
+from mobile_client.errors import EdgeUnavailable
+from mobile_client.session import Arrival, Encoded, Outcome, Session
 from mobile_client.sources import Frame
 
 __all__ = ["DeviceRuntime", "RuntimeOptions", "LiveIO", "to_tensor"]
@@ -92,7 +93,10 @@ class LiveIO:
         return None if got is None else self._arrival(LateResult(probe_id, got[0], got[1], sent + got[1]))
 
     def arrivals(self) -> list[Arrival]:
-        return [self._arrival(late) for late in self.client.take_late(self.options.timeout_s)]
+        lates = self.client.take_late(self.options.timeout_s)
+        for late in lates:
+            self._probe_sent.pop(late.frame_id, None)
+        return [self._arrival(late) for late in lates]
 
     def _arrival(self, late: LateResult) -> Arrival:
         r = late.result
@@ -112,17 +116,18 @@ class LiveIO:
         message = pb.Frame(frame_id=frame_id, payload=encoded.payload)
         try:
             if hedge:
-                return self._hedged(message, image, encoded)
-            # The deadline is on the session's clock, from the frame's start: what is left of it after the head.
-            wait_s = None if deadline_s is None else max(0.0, deadline_s - self.now())
-            result, seconds = self.client.infer(message, self.options.timeout_s, deadline_s=wait_s)
+                sent = self.client.send(message)
+            else:
+                # The deadline is on the session's clock, from the frame's start: what is left of it after the head.
+                wait_s = None if deadline_s is None else max(0.0, deadline_s - self.now())
+                result, seconds = self.client.infer(message, self.options.timeout_s, deadline_s=wait_s)
         except DeadlineExceeded as exc:  # the stream stays up; the result, if it comes, is late
             return Outcome("deadline", self.now(), seconds=exc.waited_s, network_s=exc.waited_s)
         except EdgeUnavailable as exc:
             return Outcome("lost", self.now(), error=str(exc))
         except ValueError as exc:  # e.g. over the server's message limit
             return Outcome("refused", self.now(), error=str(exc))
-        return self._result(result, seconds)
+        return self._race(message.frame_id, sent, image, encoded) if hedge else self._result(result, seconds)
 
     def _result(self, result: pb.Result, seconds: float) -> Outcome:
         server_s = _server_s(result)
@@ -131,9 +136,8 @@ class LiveIO:
         return Outcome("result", self.now(), seconds, server_s, network_s=max(seconds - server_s, 0.0),
                        compute_s=result.server_ms / 1e3, outputs=outputs, code=result.code, error=error)
 
-    def _hedged(self, message: pb.Frame, image: torch.Tensor, encoded: Encoded) -> Outcome:
-        """Send the payload, run the frame locally meanwhile, end with whichever finishes first."""
-        sent = self.client.send(message)
+    def _race(self, frame_id: int, sent: float, image: torch.Tensor, encoded: Encoded) -> Outcome:
+        """A hedged frame's payload is out: run the frame locally meanwhile, end with whichever finishes first."""
         steps = self.device.local_steps(image, encoded.payload, encoded.extra)
         slow = max(self.device.device_slowdown, 1.0) - 1.0
         got, out, local_s, lost, lost_at = None, None, 0.0, None, 0.0
@@ -148,7 +152,7 @@ class LiveIO:
             until = self._clock() + s * slow  # the rest of this stage on the emulated device
             if lost is None:
                 try:
-                    got = self.client.wait(message.frame_id, sent, self.options.timeout_s, until)
+                    got = self.client.wait(frame_id, sent, self.options.timeout_s, until)
                 except EdgeUnavailable as exc:  # the local run goes on and serves the frame
                     lost, lost_at = exc, self.now()
                     self.client.close()
@@ -195,7 +199,7 @@ class DeviceRuntime:
         """Serve one frame; its JSON record (see the README's ``splitedge run``)."""
         start = self.io.now()
         served = self.session.step(frame.index, to_tensor(frame.rgb))
-        return {"frame_id": frame.index, "source": frame.source, "t_s": round(start, 3), "mode": served.mode,
+        return {"frame_id": frame.index, "source": frame.source, "t_s": round(served.start_s, 3), "mode": served.mode,
                 "reason": served.reason, "payload_bytes": served.payload_bytes,
                 "head_ms": round(served.device_s * 1e3, 3), "network_ms": round(served.network_s * 1e3, 3),
                 "server_ms": round(served.server_s * 1e3, 3), "e2e_ms": round((self.io.now() - start) * 1e3, 3),

@@ -6,11 +6,12 @@ answers), decide, carry the decision out (local, a link probe beside it, or a
 remote frame that may end in its result, a deadline, a lost hedge or a lost
 server), and report what happened. Written once here; the live device
 (:class:`mobile_client.runtime.DeviceRuntime`: the real clock, gRPC and torch)
-and the simulator (``simulators/experiment.py``: a virtual clock and a link
-model) each supply a :class:`SessionIO`, so a simulated figure and a live run
+and the simulator (:class:`simulators.sim_io.SimIO`: a virtual clock and a
+link model) each supply a :class:`SessionIO`, so a simulated figure and a live run
 follow the same rules step for step.
 
-Every frame gets exactly one :class:`Served` record, whatever failed.
+Every frame gets exactly one :class:`Served` record, whatever the edge or the
+link did (a failure of the device's own compute is not caught: it is a bug).
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from .controller import Controller
+from .errors import EdgeUnavailable
 from .decision import Decision
 
 __all__ = ["Session", "SessionIO", "Served", "Arrival", "Encoded", "Outcome", "EdgeUnavailable"]
-
-
-class EdgeUnavailable(RuntimeError):
-    """The server cannot be reached, or the stream broke or stopped answering."""
 
 
 @dataclass(frozen=True)

@@ -174,8 +174,8 @@ def main(argv: list[str]) -> int:
         print("  ".join(map(str, table[-1])))
     with open(out / "variants.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["variant", "mean_auto_oracle", "worst_auto_oracle", "trace",
-                    "mean_auto_best_fixed", "worst_auto_best_fixed", "trace",
+        w.writerow(["variant", "mean_auto_oracle", "worst_auto_oracle", "worst_auto_oracle_trace",
+                    "mean_auto_best_fixed", "worst_auto_best_fixed", "worst_auto_best_fixed_trace",
                     "met_oracle_1.10", "met_best_fixed_1.00", "switches", "given_up", "back_within_local"])
         w.writerows(table)
     (out / "run.json").write_text(json.dumps({

@@ -1,8 +1,10 @@
-"""Channel simulation for splitedge: bandwidth traces, link models, and a
-user-space link emulator (a shaping TCP proxy).
+"""Channel simulation for splitedge: bandwidth traces, link models, a user-space
+link emulator (a shaping TCP proxy), and the fast simulator (``experiment``: the
+device's own session driver and controller on a virtual clock, ``sim_io.SimIO``).
 
 Nothing in the live client or server imports this package; it drives them
-from outside, so a simulated figure and a live run use the same link model.
+from outside, so a simulated figure and a live run use the same link model and
+the same rules.
 """
 
 from . import trace_files, traces

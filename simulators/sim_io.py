@@ -34,7 +34,8 @@ import bisect
 from typing import Any, Protocol
 
 from mobile_client.costs import ModeCosts, hedge_local_ms
-from mobile_client.session import Arrival, EdgeUnavailable, Encoded, Outcome
+from mobile_client.errors import EdgeUnavailable
+from mobile_client.session import Arrival, Encoded, Outcome
 
 __all__ = ["SimIO", "mode_table", "DESCRIBE_BYTES", "PROBE_REPLY_BYTES"]
 
