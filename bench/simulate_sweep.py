@@ -51,7 +51,7 @@ def main() -> int:
     median = statistics.median(times)
     print(json.dumps({
         "benchmark": "simulate_sweep",
-        "traces": len(run["connect_s"]),
+        "traces": len(run["first_frame_over_local"]),
         "frames_per_trace": 600,
         "policies": 5,
         "wall_s": [round(t, 2) for t in times],

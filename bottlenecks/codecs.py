@@ -164,7 +164,10 @@ class JpegCodec(TensorCodec):
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
         if enc.codec != self.name:
             raise CodecError(f"codec mismatch: payload is {enc.codec!r}, decoder is {self.name!r}")
-        bgr = cv2.imdecode(np.frombuffer(enc.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        try:
+            bgr = cv2.imdecode(np.frombuffer(enc.data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:  # OpenCV asserts on an empty buffer instead of returning None
+            bgr = None
         if bgr is None:
             raise CodecError(f"jpeg: {len(enc.data)} bytes are not a decodable image")
         if tuple(enc.shape) != (3, bgr.shape[0], bgr.shape[1]):

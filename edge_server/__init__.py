@@ -1,7 +1,8 @@
-"""The edge gRPC server: model registry, request validation, health, measured latencies."""
+"""The edge gRPC server: validation at the door, auth (TLS, tokens), model registry, limits, health, metrics."""
 
 from edge_server.registry import ModelRegistry, ServedModel
-from edge_server.server import DEFAULT_MAX_MESSAGE_BYTES, serve
-from edge_server.service import SplitEdgeServicer
+from edge_server.server import DEFAULT_MAX_MESSAGE_BYTES, EdgeServer, ServerOptions, serve
+from edge_server.service import Limits, SplitEdgeServicer
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ModelRegistry", "ServedModel", "SplitEdgeServicer", "serve"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "Limits", "ModelRegistry", "ServedModel", "ServerOptions",
+           "SplitEdgeServicer", "serve"]

@@ -11,8 +11,11 @@ from split.cli_util import fail
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
 
+from edge_server.auth import AuthError, check_listen
+from edge_server.metrics import log_event, setup_logging
 from edge_server.registry import ModelRegistry, ServedModel
-from edge_server.server import DEFAULT_MAX_MESSAGE_BYTES, serve
+from edge_server.server import DEFAULT_MAX_MESSAGE_BYTES, ServerOptions, serve
+from edge_server.service import Limits
 
 __all__ = ["main"]
 
@@ -21,53 +24,106 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitedge serve", description="Run the splitedge edge server.")
     p.add_argument("--model", action="append", metavar="NAME",
                    help=f"recipe to serve (repeatable; default {default_recipe().name}); see `splitedge models`")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="off loopback: needs --tls-cert/--tls-key, or --insecure")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port (printed on start)")
     p.add_argument("--checkpoint", metavar="FILE", help="splitedge checkpoint; applied to the model it names")
     p.add_argument("--weights", metavar="ENUM", help="torchvision weights enum (e.g. DEFAULT, COCO_V1), from the local cache")
     p.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20)
     p.add_argument("--no-warmup", action="store_true", help="skip the start-up frame that seeds latency medians")
+    sec = p.add_argument_group("security")
+    sec.add_argument("--tls-cert", metavar="F", help="PEM certificate chain: serve TLS")
+    sec.add_argument("--tls-key", metavar="F", help="PEM private key of --tls-cert")
+    sec.add_argument("--client-ca", metavar="F", help="PEM CA: clients must present a certificate it signed (mutual TLS)")
+    sec.add_argument("--token-file", metavar="F", help="bearer tokens, one a line: TOKEN [model,model...]")
+    sec.add_argument("--insecure", action="store_true", help="allow plain text on a non-loopback address")
+    lim = p.add_argument_group("limits")
+    d = Limits()
+    lim.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent Infer streams, server-wide")
+    lim.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="frames queued or computing, server-wide")
+    lim.add_argument("--stream-idle-s", type=float, default=d.stream_idle_s, help="close a stream silent this long")
+    lim.add_argument("--keepalive-s", type=float, default=ServerOptions.keepalive_s, help="ping quiet connections this often")
+    lim.add_argument("--drain-s", type=float, default=ServerOptions.drain_s, help="on SIGTERM: longest wait for frames in flight")
+    p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on --host:P (0: any free port)")
     return p
 
 
 _fail = partial(fail, "splitedge serve")
 
 
+def _options(args) -> ServerOptions:
+    for name in ("max_streams", "max_in_flight"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.client_ca and not args.tls_cert:
+        raise ValueError("--client-ca needs --tls-cert and --tls-key")
+    limits = Limits(args.max_streams, args.max_in_flight, args.stream_idle_s)
+    return ServerOptions(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * 2**20),
+                         tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+                         token_file=args.token_file, insecure=args.insecure, limits=limits,
+                         keepalive_s=args.keepalive_s, drain_s=args.drain_s, metrics_port=args.metrics_port)
+
+
+def _load(names: list[str], args) -> tuple[list[ServedModel], dict[str, str]]:
+    """Build each recipe; with several, one that fails to load is reported (health NOT_SERVING), not fatal."""
+    recipes = [get_recipe(n) for n in names]
+    ckpt_recipe = None
+    if args.checkpoint:
+        from split.weights import load_checkpoint
+
+        ckpt_recipe = load_checkpoint(args.checkpoint).get("recipe", names[0])
+        if ckpt_recipe not in names:
+            raise WeightsError(f"checkpoint {args.checkpoint} is for {ckpt_recipe!r}, which is not served ({', '.join(names)})")
+    served, failed = [], {}
+    for r in recipes:
+        ckpt = args.checkpoint if r.name == ckpt_recipe else None
+        try:
+            model, source = build(r.name, weights=args.weights, checkpoint=ckpt)
+            s = ServedModel(model, source, r.builder)
+            if not args.no_warmup:
+                s.warm_up()
+        except (WeightsError, RuntimeError, ValueError, OSError) as exc:
+            if len(recipes) == 1:
+                raise WeightsError(str(exc)) from None
+            failed[r.name] = f"{type(exc).__name__}: {exc}"
+            log_event("model_failed", logging.ERROR, model=r.name, error=failed[r.name])
+            continue
+        served.append(s)
+    if not served:
+        raise WeightsError("no model could be loaded: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    return served, failed
+
+
 def main(command: str, argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    names = args.model or [default_recipe().name]
-    served = []
+    setup_logging()
     try:
-        recipes = [get_recipe(n) for n in names]
-        ckpt_recipe = None
-        if args.checkpoint:
-            from split.weights import load_checkpoint
-
-            ckpt_recipe = load_checkpoint(args.checkpoint).get("recipe", names[0])
-            if ckpt_recipe not in names:
-                return _fail(f"checkpoint {args.checkpoint} is for {ckpt_recipe!r}, which is not served ({', '.join(names)})")
-        for r in recipes:
-            ckpt = args.checkpoint if r.name == ckpt_recipe else None
-            model, source = build(r.name, weights=args.weights, checkpoint=ckpt)
-            served.append(ServedModel(model, source, r.builder))
+        options = _options(args)
+        check_listen(options.host, options.tls, options.insecure)
+    except (ValueError, AuthError) as exc:
+        return _fail(str(exc))
+    names = args.model or [default_recipe().name]
+    try:
+        served, failed = _load(names, args)
     except KeyError as exc:
         return _fail(str(exc.args[0]))
     except WeightsError as exc:
         return _fail(str(exc))
     for s in served:
-        if not args.no_warmup:
-            s.warm_up()
         note = "  (RANDOM weights: detections are meaningless)" if s.weights.startswith("random") else ""
         med = ", ".join(f"{k} {v:.1f} ms" for k, v in s.medians().items())
         print(f"serving {s.model.name}: weights {s.weights}; split at {s.model.at}; {med}{note}", flush=True)
-    max_bytes = int(args.max_message_mb * 2**20)
+    for name, why in failed.items():
+        print(f"NOT serving {name}: {why} (health: NOT_SERVING)", flush=True)
 
-    def ready(port: int) -> None:
-        print(f"listening on {args.host}:{port}", flush=True)
+    def ready(port: int, metrics_port: int | None) -> None:
+        scheme = "TLS" if options.tls else "plain text"
+        metrics = f"; metrics on {args.host}:{metrics_port}/metrics" if metrics_port is not None else ""
+        print(f"listening on {args.host}:{port} ({scheme}{metrics})", flush=True)
 
     try:
-        asyncio.run(serve(ModelRegistry(served), args.host, args.port, max_bytes, ready))
-    except OSError as exc:
+        asyncio.run(serve(ModelRegistry(served), options, ready, failed))
+    except (OSError, AuthError) as exc:
         return _fail(str(exc))
     return 0

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import partial
 
 from tqdm import tqdm
 
-from split.cli_util import add_auto_switches, fail
+from split.cli_util import add_auto_switches, add_mode_choice, fail, parse_accuracy, parse_modes
 from split.labels import label_names
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
 
 from mobile_client.controller import Controller
-from mobile_client.costs import MODES, ModeCosts, costs_from_profiles, read_profile, scaled
+from mobile_client.costs import ModeCosts, costs_from_profiles, read_profile, scaled
 from mobile_client.edge_client import EdgeClient
 from mobile_client.runtime import DeviceRuntime, RuntimeOptions, to_tensor
-from mobile_client.sinks import AnnotatedWriter, JsonlWriter, format_summary, summary_rows
+from mobile_client.realtime import LatestFrame
+from mobile_client.sinks import AnnotatedWriter, JsonlWriter, format_summary, realtime_summary, skipped_record, summary_rows
 from mobile_client.sources import Frame, SourceError, open_source
 
 __all__ = ["main"]
@@ -28,6 +30,10 @@ FIXED_MODES = ("local", "split", "offload")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitedge run", description="Run the splitedge device client.")
     p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
+    p.add_argument("--tls-ca", metavar="F", help="speak TLS; trust servers this CA (PEM) signed")
+    p.add_argument("--tls-cert", metavar="F", help="with --tls-key: present this client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="F")
+    p.add_argument("--token-env", metavar="VAR", help="send the bearer token held in environment variable VAR")
     p.add_argument("--model", default=default_recipe().name, help="recipe name (must match the server's)")
     p.add_argument("--mode", default="split", choices=(*FIXED_MODES, "auto"),
                    help="auto: the controller picks per frame from the profiles and the measured link")
@@ -47,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="seconds of silence from the server before it is presumed gone (then local, and reconnect with backoff)")
     p.add_argument("--device-slowdown", type=float, default=1.0, metavar="K",
                    help="stand for a K times slower device: wait K-1 times each measured compute")
+    add_mode_choice(p)
+    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=None,
+                   help="work on the newest frame and skip stale ones, one line each with skipped: true (default: on "
+                        "for camera:N; off for files and videos, which are then replayed at --fps as a camera)")
+    p.add_argument("--fps", type=float, default=10.0, help="--realtime with a file or video: its capture rate")
     add_auto_switches(p, "auto mode", "while a remote frame's result is awaited, run the frame on the device too "
                                       "and take whichever finishes first (default: on)")
     return p
@@ -78,11 +89,19 @@ def main(command: str, argv: list[str]) -> int:
             costs, frames = _auto_costs(model, args, frames)
         except ValueError as exc:
             return _fail(str(exc))
-        controller = Controller(costs, modes=MODES, hysteresis=args.hysteresis, probe_interval_s=args.probe_interval,
+        try:
+            modes, accuracy = parse_modes(args.modes), parse_accuracy(args.accuracy, args.jpeg_quality)
+        except ValueError as exc:
+            return _fail(str(exc))
+        controller = Controller(costs, modes=modes, accuracy=accuracy, min_accuracy=args.min_accuracy,
+                                hysteresis=args.hysteresis, probe_interval_s=args.probe_interval,
                                 hedge=args.hedge, link_probes=args.link_probes)
     else:
         controller = Controller(ModeCosts(0, 0, 0, 0, 0, 0, 0), modes=(args.mode,))
-    client = EdgeClient(args.server) if args.mode != "local" else None
+    try:
+        client = _edge_client(args) if args.mode != "local" else None
+    except (OSError, ValueError) as exc:
+        return _fail(str(exc))
     options = RuntimeOptions(jpeg_quality=args.jpeg_quality, timeout_s=args.timeout, min_score=args.min_score,
                              device_slowdown=args.device_slowdown)
     runtime = DeviceRuntime(model, controller, client, options)
@@ -96,8 +115,14 @@ def main(command: str, argv: list[str]) -> int:
     shown = 0
     try:
         total = len(source) * args.loop if args.limit is None else min(len(source) * args.loop, args.limit)
-        for frame in tqdm(frames, total=total or None, desc=f"{args.mode}", unit="frame", file=sys.stderr):
-            record = runtime.process(frame)
+        realtime = args.realtime if args.realtime is not None else args.source.startswith("camera:")
+        items = _realtime(frames, args) if realtime else ((frame, None, []) for frame in frames)
+        for frame, captured, skipped in tqdm(items, total=None if realtime else total or None, desc=f"{args.mode}",
+                                             unit="frame", file=sys.stderr):
+            for stale in skipped:  # a newer frame was waiting: one line each all the same
+                writer.write(skipped_record(stale))
+                records.append(skipped_record(stale))
+            record = runtime.process(frame, captured)
             writer.write(record)
             records.append(record)
             if annotated is not None:
@@ -115,7 +140,25 @@ def main(command: str, argv: list[str]) -> int:
             client.close()
     if records:
         print(format_summary(summary_rows(records)))
+        if line := realtime_summary(records):
+            print(line)
     return 0
+
+
+def _realtime(frames, args):
+    """The newest frame each time the device is free (see mobile_client.realtime), with those skipped."""
+    latest = LatestFrame(frames, None if args.source.startswith("camera:") else args.fps)
+    while (taken := latest.take()) is not None:
+        yield taken
+
+
+def _edge_client(args) -> EdgeClient:
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise ValueError(f"--token-env {args.token_env}: that environment variable is not set")
+    return EdgeClient(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, token=token)
 
 
 def _frames(source, loop: int):

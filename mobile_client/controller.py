@@ -55,6 +55,7 @@ class Controller:
     def __init__(self, costs: ModeCosts, *, modes: tuple[str, ...] = MODES, accuracy: Mapping[str, float] | None = None,
                  min_accuracy: float = 0.0, hysteresis: float = 0.15, probe_interval_s: float = 5.0,
                  estimator: LinkEstimator | None = None, backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
+                 backoff_jitter: float = 0.25,
                  adapt_compute: bool = True, compute_window: int = 9, deadline_factor: float | None = DEADLINE_FACTOR,
                  deadline_slack: float = DEADLINE_SLACK, hedge: bool = True, link_probes: bool = True) -> None:
         modes = tuple(modes)
@@ -76,7 +77,7 @@ class Controller:
         self.adapt_compute = adapt_compute
         self._deadlines = Deadlines(deadline_factor, deadline_slack)
         self.hedge, self.link_probes = hedge, link_probes
-        self._backoff = ServerBackoff(backoff_initial_s, backoff_max_s)
+        self._backoff = ServerBackoff(backoff_initial_s, backoff_max_s, backoff_jitter)
         self._probes = ProbeScheduler(probe_interval_s)
         self._stalls = StallTracker()
         self._transfers = TransferLog(probe_interval_s)
@@ -85,7 +86,6 @@ class Controller:
         self._held_since = 0.0
         self._measured = ComputeRatios(compute_window)
 
-    # ------------------------------------------------------------------ state
     @property
     def mode(self) -> str | None:
         """The steady mode (what hysteresis compares against); probes do not change it."""
@@ -104,7 +104,6 @@ class Controller:
         """Profiled costs corrected by the measured/profiled ratios (median of the recent frames)."""
         return self._measured.apply(self.costs) if self.adapt_compute else self.costs
 
-    # --------------------------------------------------------------- decision
     def choose(self, now_s: float) -> Decision:
         """Decide the mode of the frame starting at ``now_s``; the decision is assumed to be carried out."""
         self._probes.start(now_s)
@@ -237,8 +236,8 @@ class Controller:
         return self._decide(view, "local", reason)
 
     def _rtt_probe_mode(self, view: _View, remote: list[str], to_beat_ms: float) -> str | None:
-        log = self._transfers
-        return rtt_probe_mode(view.costs, remote, view.raw, to_beat_ms, log.last_bytes, log.fastest_s) if log else None
+        t = self._transfers
+        return rtt_probe_mode(view.costs, remote, view.raw, to_beat_ms, t.last_bytes, t.fastest_s) if t else None
 
     def _probe_frame_or(self, view: _View, chosen: str, reason: str, other: str | None, min_spacing_s: float,
                         cap_s: float = math.inf) -> Decision:
@@ -299,14 +298,18 @@ class Controller:
 
     def connect_probe(self, now_s: float) -> int:
         """Bytes of a link probe to send while connecting (the payload the first frame would otherwise be sent
-        with to learn the link); 0: none (link probes off, a bandwidth prior, or no remote mode could win)."""
+        with to learn the link); 0: none (link probes off, a bandwidth prior, no remote mode could win, or the
+        first frame is hedged: it measures the link itself, at worst its device part plus a local run, where
+        waiting for a probe's answer would hold it local)."""
         if not self.link_probes or self.estimator.bandwidth_bps() is not None or self._probes.outstanding:
             return 0
-        eligible, _ = self._eligible()
+        eligible = [m for m in self.modes if self.accuracy[m] >= self.min_accuracy]
         remote = [m for m in eligible if m in REMOTE_MODES]
         costs = self.effective_costs()
         rtt_s = self.estimator.rtt_s() or 0.0
         local_ok = "local" in eligible
+        if local_ok and self.hedge:
+            return 0
         if local_ok:
             remote = winnable(costs, remote, rtt_s)
         if not remote:
@@ -377,7 +380,6 @@ class Controller:
         self._transfers.observe_ping(rtt_s)
         self.estimator.observe_rtt(rtt_s, now_s)
 
-    # ---------------------------------------------------------------- server
     def server_failed(self, now_s: float) -> float:
         """Record a failed connect or a stream that stopped answering; return the backoff (s) now in force."""
         backoff = self._backoff.failed(now_s)

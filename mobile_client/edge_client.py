@@ -39,6 +39,13 @@ _DONE = object()
 PROBE_ID_BASE = 1 << 63
 
 
+def _read_pem(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class DeadlineExceeded(TimeoutError):
     """A frame's result did not arrive by its deadline; the stream is kept (the server is not presumed dead)."""
 
@@ -57,9 +64,19 @@ class LateResult:
 
 
 class EdgeClient:
-    def __init__(self, target: str, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+    """``tls_ca``: speak TLS and trust servers this CA (PEM file) signed; with ``tls_cert``/``tls_key`` also
+    present a client certificate (mutual TLS). ``token``: sent as ``authorization: Bearer TOKEN``."""
+
+    def __init__(self, target: str, max_message_bytes: int = 16 * 1024 * 1024, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None, token: str | None = None) -> None:
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("a client certificate needs both tls_cert and tls_key")
+        if tls_cert and not tls_ca:
+            raise ValueError("a client certificate (mutual TLS) needs tls_ca, the CA that signed the server's")
         self.target = target
         self.max_message_bytes = max_message_bytes
+        self._tls = tuple(_read_pem(f) for f in (tls_ca, tls_cert, tls_key))  # read now: a missing file fails here
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.SplitEdgeStub | None = None
         self._requests: queue.Queue | None = None
@@ -75,17 +92,26 @@ class EdgeClient:
         """Open the channel and call `Describe`; the server's message limit then bounds our sends."""
         self.close()
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
-                   ("grpc.max_send_message_length", self.max_message_bytes)]
-        self._channel = grpc.insecure_channel(self.target, options=options)
+                   ("grpc.max_send_message_length", self.max_message_bytes),
+                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        self._channel = self._open_channel(options)
         self._stub = pb_grpc.SplitEdgeStub(self._channel)
         try:
-            self.description = self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s, wait_for_ready=True)
+            self.description = self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s, wait_for_ready=True,
+                                                   metadata=self._metadata)
         except grpc.RpcError as exc:
             self.close()
             raise EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}") from None
         if self.description.max_message_bytes:
             self.max_message_bytes = min(self.max_message_bytes, int(self.description.max_message_bytes))
         return self.description
+
+    def _open_channel(self, options: list) -> grpc.Channel:
+        ca, cert, key = self._tls
+        if ca is None:
+            return grpc.insecure_channel(self.target, options=options)
+        creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        return grpc.secure_channel(self.target, creds, options=options)
 
     def ping(self, timeout_s: float = 5.0) -> float:
         """Seconds for one `Describe` round trip on the open channel: a tiny message each way, i.e. the RTT.
@@ -97,7 +123,7 @@ class EdgeClient:
             raise EdgeUnavailable(f"{self.target}: not connected")
         t0 = time.perf_counter()
         try:
-            self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s)
+            self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}") from None
         return time.perf_counter() - t0
@@ -109,7 +135,7 @@ class EdgeClient:
     def _open_stream(self) -> None:
         requests: queue.Queue = queue.Queue()
         results: queue.Queue = queue.Queue()
-        call = self._stub.Infer(iter(requests.get, _DONE))
+        call = self._stub.Infer(iter(requests.get, _DONE), metadata=self._metadata)
 
         def read() -> None:
             try:

@@ -116,6 +116,11 @@ class _Sampled:
         """How many samples have been accepted since creation (not only those in the window)."""
         return self._samples
 
+    @property
+    def last_at(self) -> float | None:
+        """When the newest accepted sample was taken; ``None`` before any."""
+        return self._last_at
+
     def age_s(self, now_s: float) -> float:
         """Seconds since the last accepted sample; ``inf`` before any, so "stale" needs no special case."""
         if self._last_at is None:
@@ -326,9 +331,19 @@ class LinkEstimator:
         return self.bandwidth.estimate_bps(bounded=bounded)
 
     def rtt_s(self) -> float | None:
-        """Measured RTT if any, else the fitted intercept, else the prior, else ``None``."""
+        """Measured RTT if any, else the fitted intercept, else the prior, else ``None``.
+
+        A measured RTT is capped by the network time of the fastest recent
+        large transfer: no message is faster than the round trip, so a transfer
+        that took less proves the RTT is at most that. Without the cap, pings
+        timed while the link was dead (a device leaving a tunnel) would keep
+        the RTT at seconds for good, and with it every remote prediction: link
+        probes measure the bandwidth, and nothing else would ever correct the
+        RTT (docs/controller.md, "No absorbing states").
+        """
         if self.rtt.samples:
-            return self.rtt.estimate_s()
+            measured, bound = self.rtt.estimate_s(), self._transfer_bound()
+            return measured if bound is None or measured is None else min(measured, bound)
         fitted = self._intercept()
         if fitted is not None:
             return fitted
@@ -337,6 +352,15 @@ class LinkEstimator:
     def age_s(self, now_s: float) -> float:
         """Age of the *bandwidth* estimate: that is what goes stale when no remote mode is used."""
         return self.bandwidth.age_s(now_s)
+
+    def _transfer_bound(self) -> float | None:
+        """The fastest network time of the large transfers taken less than ``max_age_s`` before the newest news
+        (transfer or RTT sample); ``None`` without one."""
+        if not self._fit:
+            return None
+        newest = max(self._fit[-1][0], self.rtt.last_at if self.rtt.last_at is not None else -math.inf)
+        recent = [t for at, (_, t) in self._fit if self.max_age_s is None or newest - at < self.max_age_s]
+        return min(recent) if recent else None
 
     def _intercept(self) -> float | None:
         pts = _recent(self._fit, self.max_age_s)

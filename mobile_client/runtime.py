@@ -40,8 +40,8 @@ __all__ = ["DeviceRuntime", "RuntimeOptions", "LiveIO", "to_tensor"]
 class RuntimeOptions:
     jpeg_quality: int = 90
     timeout_s: float = 30.0  # a server silent this long is presumed gone (a frame's own deadline is the controller's)
-    rtt_pings: int = 3  # Describe calls timed at connect; the fastest is the controller's first RTT (0: none)
-    connect_timeout_s: float = 5.0
+    rtt_pings: int = 3  # one-byte link probes sent at connect: their round trips are the controller's RTT (0: none)
+    connect_timeout_s: float = 5.0  # the most opening the connection may take (at most one local run in auto)
     min_score: float = 0.0
     device_slowdown: float = 1.0  # > 1 stands for a slower device: each compute is stretched by K
 
@@ -62,7 +62,6 @@ class LiveIO:
         self.has_edge = client is not None
         self._clock, self._sleep = clock, sleep  # the client's clock (its send and arrival times) and a wait on it
         self._t0 = clock()
-        self._probe_sent: dict[int, float] = {}  # probe id -> perf_counter when sent (for wait_probe)
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -70,33 +69,19 @@ class LiveIO:
     def connected(self) -> bool:
         return self.client is not None and self.client.connected
 
-    def connect(self) -> dict[str, float]:
-        description = self.client.connect(self.options.connect_timeout_s)
-        self._probe_sent.clear()
+    def connect(self, timeout_s: float) -> dict[str, float]:
+        description = self.client.connect(timeout_s)
         info = next((m for m in description.models if m.name == self.device.model.name), None)
         return dict(info.latency_ms) if info is not None else {}
 
     def close(self) -> None:
         self.client.close()
 
-    def ping(self, timeout_s: float) -> float:
-        return self.client.ping(timeout_s)
-
     def send_probe(self, nbytes: int) -> int:
-        probe_id, sent = self.client.send_probe(nbytes)
-        self._probe_sent[probe_id] = sent
-        return probe_id
-
-    def wait_probe(self, probe_id: int, timeout_s: float) -> Arrival | None:
-        sent = self._probe_sent.pop(probe_id)
-        got = self.client.wait(probe_id, sent, self.options.timeout_s, sent + timeout_s)
-        return None if got is None else self._arrival(LateResult(probe_id, got[0], got[1], sent + got[1]))
+        return self.client.send_probe(nbytes)[0]
 
     def arrivals(self) -> list[Arrival]:
-        lates = self.client.take_late(self.options.timeout_s)
-        for late in lates:
-            self._probe_sent.pop(late.frame_id, None)
-        return [self._arrival(late) for late in lates]
+        return [self._arrival(late) for late in self.client.take_late(self.options.timeout_s)]
 
     def _arrival(self, late: LateResult) -> Arrival:
         r = late.result
@@ -195,16 +180,18 @@ class DeviceRuntime:
         """Try the server once; on failure the controller starts its backoff."""
         return self.session.connect()
 
-    def process(self, frame: Frame) -> dict[str, Any]:
-        """Serve one frame; its JSON record (see the README's ``splitedge run``)."""
+    def process(self, frame: Frame, captured: float | None = None) -> dict[str, Any]:
+        """Serve one frame; its JSON record (see the README's ``splitedge run``). ``captured``: when a real-time
+        camera captured it (perf_counter), for the record's ``age_ms`` (capture to result)."""
         start = self.io.now()
         served = self.session.step(frame.index, to_tensor(frame.rgb))
+        age = {} if captured is None else {"age_ms": round((time.perf_counter() - captured) * 1e3, 3)}
         return {"frame_id": frame.index, "source": frame.source, "t_s": round(served.start_s, 3), "mode": served.mode,
                 "reason": served.reason, "payload_bytes": served.payload_bytes,
                 "head_ms": round(served.device_s * 1e3, 3), "network_ms": round(served.network_s * 1e3, 3),
                 "server_ms": round(served.server_s * 1e3, 3), "e2e_ms": round((self.io.now() - start) * 1e3, 3),
                 "detections": served.outputs or [], "error": served.error, "fallback": served.fallback,
-                "filtered": served.filtered, "probe_bytes": served.probe_bytes}
+                "filtered": served.filtered, "probe_bytes": served.probe_bytes, "skipped": False, **age}
 
 
 def _server_s(result: pb.Result) -> float:

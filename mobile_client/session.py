@@ -1,6 +1,6 @@
 """The session driver: the one order of calls into the controller, for any clock and any transport.
 
-Connect (RTT pings, the connect probe), and per frame: reconnect when the
+Connect (RTT pings and the connect probe, answered in the background), and per frame: reconnect when the
 backoff says so, hand over what came back meanwhile (late results, link probe
 answers), decide, carry the decision out (local, a link probe beside it, or a
 remote frame that may end in its result, a deadline, a lost hedge or a lost
@@ -23,7 +23,9 @@ from .controller import Controller
 from .errors import EdgeUnavailable
 from .decision import Decision
 
-__all__ = ["Session", "SessionIO", "Served", "Arrival", "Encoded", "Outcome", "EdgeUnavailable"]
+__all__ = ["Session", "SessionIO", "Served", "Arrival", "Encoded", "Outcome", "EdgeUnavailable", "PING_BYTES"]
+
+PING_BYTES = 1  # an RTT ping is a link probe of one filler byte: the server answers it at once
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,9 @@ class SessionIO(Protocol):
 
     def now(self) -> float: ...
     def connected(self) -> bool: ...
-    def connect(self) -> dict[str, float]: ...  # the edge's measured latencies of this model ({} if unknown)
+    def connect(self, timeout_s: float) -> dict[str, float]: ...  # the edge's latencies of this model ({}: unknown)
     def close(self) -> None: ...
-    def ping(self, timeout_s: float) -> float: ...
     def send_probe(self, nbytes: int) -> int: ...  # its id; ValueError if it cannot be sent
-    def wait_probe(self, probe_id: int, timeout_s: float) -> Arrival | None: ...
     def arrivals(self) -> list[Arrival]: ...  # what came back by now, oldest first
     def run_local(self, frame: Any) -> tuple[Any, float]: ...  # outputs, device seconds
     def encode(self, frame: Any, mode: str, hedge: bool) -> Encoded: ...
@@ -120,14 +120,23 @@ class Session:
         self.warnings: list[str] = []
         self._abandoned: dict[int, tuple[str, int]] = {}  # frame id -> (mode, payload bytes) of frames given up on
         self._probes: dict[int, int] = {}  # link probe id -> its bytes, until answered
+        self._pings: set[int] = set()  # ids of the RTT pings sent at connect, until answered
 
     # ---------------------------------------------------------------- connect
     def connect(self) -> bool:
-        """Connect, time ``rtt_pings`` round trips, send the connect probe; False if the edge is unavailable."""
+        """Connect, then send the RTT pings and the connect probe without waiting for them; False if the edge is
+        unavailable.
+
+        Nothing here waits for the link: the answers are handed to the
+        controller when they come, like any link probe's, while local serves
+        the frames (docs/controller.md, "Connect"). Only opening the connection
+        itself is waited for, at most one local run's time, so a dead link
+        holds no frame for longer than running it here would.
+        """
         if not self.io.has_edge:
             return False
         try:
-            latencies = self.io.connect()
+            latencies = self.io.connect(self._connect_wait_s())
         except EdgeUnavailable as exc:
             self._edge_lost(exc)
             return False
@@ -137,41 +146,26 @@ class Session:
                                             t_full_edge_ms=latencies["offload_edge"])
         self._abandoned.clear()
         self._probes.clear()
-        self._measure_rtt()
-        return self._connect_probe()
-
-    def _measure_rtt(self) -> None:
-        """The fastest of a few tiny round trips on the fresh connection: what the link adds to any message."""
-        rtts = []
-        for _ in range(max(0, self.rtt_pings)):
-            try:
-                rtts.append(self.io.ping(self.connect_timeout_s))
-            except EdgeUnavailable:
-                break
-        if rtts:
-            self.controller.observe_rtt(min(rtts), self.io.now())
-
-    def _connect_probe(self) -> bool:
-        """The link probe the controller asks for at connect, waited for a connect timeout, so the first frame is
-        chosen knowing the link; a later answer is handed over when it comes. False if the stream broke."""
-        nbytes = self.controller.connect_probe(self.io.now())
-        if not nbytes:
-            return True
+        self._pings.clear()
         try:
-            probe_id = self.io.send_probe(nbytes)
-            self._probes[probe_id] = nbytes
-            got = self.io.wait_probe(probe_id, self.connect_timeout_s)
+            for _ in range(max(0, self.rtt_pings)):  # tiny link probes: their round trip is the RTT
+                self._pings.add(self.io.send_probe(PING_BYTES))
+            nbytes = self.controller.connect_probe(self.io.now())
+            if nbytes:
+                self._probes[self.io.send_probe(nbytes)] = nbytes
         except EdgeUnavailable as exc:
             self._edge_lost(exc)
             return False
         except ValueError as exc:  # over the server's message limit: no probe, the frames will tell
             self.controller.probe_lost(self.io.now())
             self.warnings.append(f"link probe at connect not sent: {exc}")
-            return True
-        if got is not None:
-            del self._probes[probe_id]
-            self._probe_answered(got, nbytes)
         return True
+
+    def _connect_wait_s(self) -> float:
+        """How long opening the connection may hold the first frame: one local run (the connect timeout if the
+        controller knows no local time)."""
+        local_s = self.controller.effective_costs().t_full_device_ms / 1e3
+        return min(self.connect_timeout_s, local_s) if local_s > 0 else self.connect_timeout_s
 
     # ------------------------------------------------------------------ frame
     def step(self, frame_id: int, frame: Any) -> Served:
@@ -254,6 +248,11 @@ class Session:
             self._edge_lost(exc)
             return
         for a in arrivals:
+            if a.msg_id in self._pings:
+                self._pings.discard(a.msg_id)
+                if a.code == 0:
+                    self.controller.observe_rtt(max(0.0, a.seconds - a.server_s), a.at_s)
+                continue
             nbytes = self._probes.pop(a.msg_id, None)
             if nbytes is not None:
                 self._probe_answered(a, nbytes)

@@ -54,11 +54,33 @@ class AnnotatedWriter:
         return out
 
 
+def skipped_record(frame: Any) -> dict[str, Any]:
+    """The line of a frame a real-time camera skipped (a newer one was waiting when the device got free)."""
+    return {"frame_id": frame.index, "source": frame.source, "skipped": True}
+
+
+def realtime_summary(records: list[dict[str, Any]]) -> str:
+    """Served frames of a real-time run: how many, at what rate, their e2e and age (capture to result) p50/p95."""
+    served = [r for r in records if not r.get("skipped")]
+    if not served or "age_ms" not in served[0]:
+        return ""
+    span_s = max(r["t_s"] + r["e2e_ms"] / 1e3 for r in served) - min(r["t_s"] for r in served)
+
+    def pct(key: str, q: float) -> float:
+        values = sorted(r[key] for r in served)
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    fps = len(served) / span_s if span_s > 0 else float("inf")
+    return (f"real time: {len(served)} of {len(records)} frames served ({fps:.2f} fps); e2e p50 {pct('e2e_ms', 0.5):.1f} "
+            f"p95 {pct('e2e_ms', 0.95):.1f} ms; age p50 {pct('age_ms', 0.5):.1f} p95 {pct('age_ms', 0.95):.1f} ms")
+
+
 def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per mode: frames, median e2e ms, median payload bytes, median head ms, errors."""
+    """Per mode: frames, median e2e ms, median payload bytes, median head ms, errors (skipped frames left out)."""
     by_mode: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        by_mode[r["mode"]].append(r)
+        if not r.get("skipped"):
+            by_mode[r["mode"]].append(r)
     rows = []
     for mode in sorted(by_mode):
         rs = by_mode[mode]

@@ -11,6 +11,7 @@ a stall is over and when to probe. No clock: every call carries its time.
 from __future__ import annotations
 
 import math
+import random
 
 from .probes import PROBE_CLOCK_SLACK_S, PROBE_MAX_DOUBLINGS
 
@@ -111,26 +112,33 @@ class StallTracker:
 
 
 class ServerBackoff:
-    """Exponential backoff after server failures: ``initial_s`` doubling per failure in a row, up to ``max_s``."""
+    """Exponential backoff after server failures: ``initial_s`` doubling per failure in a row, up to ``max_s``.
 
-    def __init__(self, initial_s: float, max_s: float) -> None:
+    Each wait is shortened by a random fraction of up to ``jitter`` of it, so that devices that lost the same
+    server at the same moment do not all come back at the same moment (they would knock it over again).
+    """
+
+    def __init__(self, initial_s: float, max_s: float, jitter: float = 0.25, seed: int | None = None) -> None:
         if not 0 < initial_s <= max_s:
             raise ValueError(f"need 0 < backoff_initial_s <= backoff_max_s, got {initial_s}, {max_s}")
-        self.initial_s, self.max_s = initial_s, max_s
+        if not 0 <= jitter < 1:
+            raise ValueError(f"backoff jitter must be in [0, 1), got {jitter}")
+        self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
+        self._random = random.Random(seed)
         self.failures = 0
+        self._backoff_s = 0.0
         self._retry_at_s = -math.inf
 
     def backoff_s(self) -> float:
         """Length of the current backoff; 0 while the server is considered up."""
-        if self.failures == 0:
-            return 0.0
-        return min(self.initial_s * 2.0 ** (self.failures - 1), self.max_s)
+        return self._backoff_s if self.failures else 0.0
 
     def failed(self, now_s: float) -> float:
         self.failures += 1
-        backoff = self.backoff_s()
-        self._retry_at_s = now_s + backoff
-        return backoff
+        base = min(self.initial_s * 2.0 ** (self.failures - 1), self.max_s)
+        self._backoff_s = base * (1.0 - self.jitter * self._random.random())
+        self._retry_at_s = now_s + self._backoff_s
+        return self._backoff_s
 
     def ok(self) -> None:
         self.failures = 0

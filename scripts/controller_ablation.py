@@ -6,9 +6,9 @@
 
 Each named variant (see VARIANTS) builds `auto`'s controller with other settings through
 the simulator's Python API (`SimConfig.controller_factory`) and runs all five policies on
-every trace, as `splitedge simulate` does (the connect phase, which every policy's frames
-wait for, follows the variant's controller, so the fixed policies are re-run too). The
-costs are the ones a `splitedge simulate` run recorded in its run.json (`costs_ms_bytes`:
+every trace, as `splitedge simulate` does (every policy's frames start at 0, so the fixed
+policies' rows are the same for every variant; they are re-run so that each summary.csv is
+complete). The costs are the ones a `splitedge simulate` run recorded in its run.json (`costs_ms_bytes`:
 profiles already scaled by the device slowdown), so the `default` variant reproduces that
 run's summary.csv rows exactly.
 

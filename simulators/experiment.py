@@ -10,21 +10,19 @@ emulate``) follow the same rules step for step.
 
 Model, and why each choice was made:
 
-* **Session start.**  As the live client connects before its first frame,
-  each run starts with the connect phase of ``auto``'s session
-  (:meth:`~mobile_client.session.Session.connect`): :data:`RTT_PINGS` tiny
-  round trips, then the link probe its controller asks for, each waited for
-  at most :data:`PING_TIMEOUT_S`. Frame ``i`` arrives at ``ready + i /
-  fps``, ``ready`` the end of that phase, for *every* policy (the others
-  only peek at the links), so that all of them see their frames at the same
-  times on the trace (the connect phase itself is no frame's latency;
-  ``run.json`` and the CLI say how long it took).
+* **Session start.**  Frame ``i`` is captured at ``i / fps`` for every
+  policy; ``auto``'s session connects at 0
+  (:meth:`~mobile_client.session.Session.connect`): its :data:`RTT_PINGS`
+  one-byte pings (and, unhedged, the connect probe) go out then and are
+  answered in the background while the first frames run, as live.
 * **Frames and queueing.**  The device serves one frame at a time and waits
   for a frame's result before starting the next, like the live device, so a
   frame starts at ``max(arrival, previous done)`` and ``e2e = done -
   arrival`` includes the time spent waiting behind earlier frames.  A policy
   whose per-frame time exceeds the frame interval therefore pays for it in
-  every later frame, which is what a user of a camera pipeline sees.
+  every later frame (files and videos). With ``realtime`` (a live camera)
+  the device takes the newest frame each time it is free and the older ones
+  are skipped (records with mode ``"skipped"``), so results stay fresh.
 * **Modes** (DESIGN.md §1/§3), with compute times from measured profiles:
   ``local`` the device's full model; ``split`` the device head, uplink
   ``bytes_split``, edge tail, downlink result; ``offload`` the device JPEG
@@ -97,8 +95,7 @@ __all__ = [
 POLICIES: tuple[str, ...] = ("local", "split", "offload", "auto", "oracle")
 FIXED_POLICIES: tuple[str, ...] = ("local", "split", "offload")
 RESULT_BYTES = 300  # a handful of detections in a protobuf Result
-RTT_PINGS = 3  # Describe calls timed at connect, as mobile_client.runtime.RuntimeOptions.rtt_pings
-PING_TIMEOUT_S = 5.0  # ... each given up on after this long, as RuntimeOptions.connect_timeout_s
+RTT_PINGS = 3  # one-byte link probes sent at connect, as mobile_client.runtime.RuntimeOptions.rtt_pings
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +123,11 @@ class FrameRecord:
     def queue_ms(self) -> float:
         return (self.start_s - self.arrival_s) * 1e3
 
+    @property
+    def skipped(self) -> bool:
+        """A real-time camera dropped it (a newer frame was waiting when the device got free)."""
+        return self.mode == "skipped"
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -139,12 +141,21 @@ class Summary:
     p95_e2e_ms: float
     mean_bytes: float
     mode_share: dict[str, float] = field(default_factory=dict)
+    served: int = 0  # frames served (the others a real-time camera skipped)
+    served_fps: float = 0.0
+    p50_service_ms: float = 0.0  # from the device picking the frame up to its result
+    p95_service_ms: float = 0.0
 
     CSV_COLUMNS = ("trace", "policy", "frames", "mean_e2e_ms", "p50_e2e_ms", "p95_e2e_ms", "mean_bytes")
+    REALTIME_COLUMNS = ("served", "served_fps", "p50_service_ms", "p95_service_ms")
 
-    def csv_row(self) -> list[str]:
-        return [self.trace, self.policy, str(self.frames), f"{self.mean_e2e_ms:.3f}", f"{self.p50_e2e_ms:.3f}",
-                f"{self.p95_e2e_ms:.3f}", f"{self.mean_bytes:.1f}"]
+    def csv_row(self, realtime: bool = False) -> list[str]:
+        row = [self.trace, self.policy, str(self.frames), f"{self.mean_e2e_ms:.3f}", f"{self.p50_e2e_ms:.3f}",
+               f"{self.p95_e2e_ms:.3f}", f"{self.mean_bytes:.1f}"]
+        if realtime:
+            row += [str(self.served), f"{self.served_fps:.3f}", f"{self.p50_service_ms:.3f}",
+                    f"{self.p95_service_ms:.3f}"]
+        return row
 
 
 @dataclass(frozen=True)
@@ -168,6 +179,7 @@ class SimConfig:
     loss: str | None = None
     seed: int = 0
     controller_factory: Callable[[ModeCosts], Controller] | None = None
+    realtime: bool = False  # a live camera: the device takes the newest frame, skipping stale ones
 
     def __post_init__(self) -> None:
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -187,31 +199,69 @@ class SimConfig:
         return up, down
 
 
+class _Camera:
+    """Frame ``i`` is captured at ``i / fps``; which one the device takes next when it is free.
+
+    Every-frame semantics (files, videos): the next in order, whenever it
+    came. Real-time semantics (a live camera, DESIGN.md §3): the newest one
+    captured by then, the older ones not yet taken being skipped (or, if
+    none is waiting, the next one when it comes).
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        self.fps, self.frames, self.realtime = config.fps, config.frames, config.realtime
+        self._next = 0
+
+    def arrival(self, i: int) -> float:
+        return i / self.fps
+
+    def take(self, free_at: float) -> tuple[int, list[int]] | None:
+        """(frame to serve, frames skipped before it), or None when every frame has been handled."""
+        i = self._next
+        if i >= self.frames:
+            return None
+        if self.realtime:
+            newest = min(self.frames - 1, int(free_at * self.fps))
+            while newest > i and self.arrival(newest) > free_at:
+                newest -= 1
+            i = max(i, newest)
+        skipped = list(range(self._next, i))
+        self._next = i + 1
+        return i, skipped
+
+
 def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
-    """Run ``config.frames`` frames of one policy over one uplink trace; one record per frame, in order."""
+    """Run ``config.frames`` frames of one policy over one uplink trace; one record per frame, in order.
+
+    ``auto``'s session connects at 0 (its pings and connect probe answered in
+    the background, as live), when the first frame is captured.
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
     up, down = config.links(trace)
-    factory = config.controller_factory or Controller
-    # The connect phase of auto's client, for every policy (the others only peek at the links).
-    io = SimIO(up, down, config.costs, config.result_bytes, commit=policy == "auto")
-    session = Session(factory(config.costs), io, rtt_pings=RTT_PINGS, connect_timeout_s=PING_TIMEOUT_S)
-    session.connect()
-    ready = io.now()
-    arrivals = (ready + i / config.fps for i in range(config.frames))
     if policy != "auto":
-        return _fixed(policy, up, down, config, arrivals)
-    records = []
-    for i, arrival in enumerate(arrivals):
-        io.begin(arrival)
+        return _fixed(policy, up, down, config)
+    io = SimIO(up, down, config.costs, config.result_bytes)
+    session = Session((config.controller_factory or Controller)(config.costs), io, rtt_pings=RTT_PINGS)
+    session.connect()
+    camera, records = _Camera(config), []
+    while (taken := camera.take(io.now())) is not None:
+        i, skipped = taken
+        records.extend(_skipped(k, camera.arrival(k)) for k in skipped)
+        io.begin(camera.arrival(i))
         served = session.step(i, None)
-        records.append(FrameRecord(i, served.mode, served.reason, arrival, served.start_s, served.done_s,
+        records.append(FrameRecord(i, served.mode, served.reason, camera.arrival(i), served.start_s, served.done_s,
                                    served.device_s * 1e3, served.network_s * 1e3, served.server_s * 1e3,
                                    served.payload_bytes, served.probe_bytes))
     return records
 
 
-def _fixed(policy: str, up: Link, down: Link, config: SimConfig, arrivals: Iterable[float]) -> list[FrameRecord]:
+def _skipped(i: int, arrival: float) -> FrameRecord:
+    """A frame a real-time camera dropped: a newer one was waiting when the device got free."""
+    return FrameRecord(i, "skipped", "skipped", arrival, arrival, arrival, 0.0, 0.0, 0.0, 0)
+
+
+def _fixed(policy: str, up: Link, down: Link, config: SimConfig) -> list[FrameRecord]:
     """The yardsticks: one mode throughout, or the oracle's best mode per frame in hindsight; no deadlines."""
     table = mode_table(config.costs)
 
@@ -227,9 +277,12 @@ def _fixed(policy: str, up: Link, down: Link, config: SimConfig, arrivals: Itera
         done = send_down(config.result_bytes, at_edge + edge_s).arrival_s
         return done, dev_s, done - sent - edge_s
 
-    records: list[FrameRecord] = []
-    free_at = -math.inf
-    for i, arrival in enumerate(arrivals):
+    camera, records = _Camera(config), []
+    free_at = 0.0
+    while (taken := camera.take(free_at)) is not None:
+        i, skipped = taken
+        records.extend(_skipped(k, camera.arrival(k)) for k in skipped)
+        arrival = camera.arrival(i)
         start = arrival if arrival > free_at else free_at
         mode = policy
         if policy == "oracle":  # earliest completion in hindsight; ties go to the mode that sends fewer bytes
@@ -242,12 +295,19 @@ def _fixed(policy: str, up: Link, down: Link, config: SimConfig, arrivals: Itera
 
 
 def summarize(trace_name: str, policy: str, records: Sequence[FrameRecord]) -> Summary:
-    """Mean/median/95th percentile of e2e, mean bytes sent (payloads and link probes), how often each mode ran."""
-    e2e = np.fromiter((r.e2e_ms for r in records), dtype=float, count=len(records))
-    nbytes = np.fromiter((r.payload_bytes + r.probe_bytes for r in records), dtype=float, count=len(records))
-    share = {m: sum(r.mode == m for r in records) / len(records) for m in FIXED_POLICIES}
+    """Over the served frames: mean/median/95th percentile of e2e (capture to result), mean bytes sent per frame
+    (payloads and link probes), how often each mode ran; and the served frames' rate and service times
+    (start to result: what the frame took once the device had picked it)."""
+    served = [r for r in records if not r.skipped]
+    e2e = np.fromiter((r.e2e_ms for r in served), dtype=float, count=len(served))
+    service = np.fromiter((r.e2e_ms - r.queue_ms for r in served), dtype=float, count=len(served))
+    nbytes = np.fromiter((r.payload_bytes + r.probe_bytes for r in served), dtype=float, count=len(served))
+    share = {m: sum(r.mode == m for r in served) / len(served) for m in FIXED_POLICIES}
+    span = max(r.done_s for r in served) - min(r.arrival_s for r in records)
     return Summary(trace_name, policy, len(records), float(e2e.mean()), float(np.percentile(e2e, 50)),
-                   float(np.percentile(e2e, 95)), float(nbytes.mean()), share)
+                   float(np.percentile(e2e, 95)), float(nbytes.mean()), share, len(served),
+                   len(served) / span if span > 0 else math.inf, float(np.percentile(service, 50)),
+                   float(np.percentile(service, 95)))
 
 
 def run_experiment(

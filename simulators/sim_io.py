@@ -21,11 +21,9 @@ The model, and why (see also ``simulators/experiment.py``):
   was committed), and its result arrives when it would have: the session
   learns of it at its next look after that time, as the live client's
   reader thread timestamps it.
-* Link probes occupy the uplink like any payload and are answered at once
-  (:data:`PROBE_REPLY_BYTES` down). Pings (``Describe``, :data:`DESCRIBE_BYTES`
-  up, ``result_bytes`` down) only peek at the links.
-* ``commit=False`` only peeks at the links (nothing is queued): the fixed
-  policies time the same connect phase as ``auto`` without using the link.
+* Link probes, the RTT pings at connect among them (one-byte probes),
+  occupy the uplink like any payload and are answered at once
+  (:data:`PROBE_REPLY_BYTES` down).
 """
 
 from __future__ import annotations
@@ -34,12 +32,10 @@ import bisect
 from typing import Any, Protocol
 
 from mobile_client.costs import ModeCosts, hedge_local_ms
-from mobile_client.errors import EdgeUnavailable
 from mobile_client.session import Arrival, Encoded, Outcome
 
-__all__ = ["SimIO", "mode_table", "DESCRIBE_BYTES", "PROBE_REPLY_BYTES"]
+__all__ = ["SimIO", "mode_table", "PROBE_REPLY_BYTES"]
 
-DESCRIBE_BYTES = 100  # an empty DescribeRequest with its gRPC/HTTP2 framing (the reply: ``result_bytes``)
 PROBE_REPLY_BYTES = 30  # a link probe's answer: an empty Result with its framing
 
 
@@ -63,10 +59,9 @@ class SimIO:
 
     has_edge = True
 
-    def __init__(self, up: _Link, down: _Link, costs: ModeCosts, result_bytes: int, *, commit: bool = True) -> None:
+    def __init__(self, up: _Link, down: _Link, costs: ModeCosts, result_bytes: int) -> None:
         self.up, self.down, self.costs, self.result_bytes = up, down, costs, result_bytes
         self.table = mode_table(costs)
-        self.commit = commit
         self.clock = 0.0
         self._start = 0.0  # the current frame's start
         self._probe_seq = 0
@@ -84,45 +79,18 @@ class SimIO:
     def connected(self) -> bool:
         return True
 
-    def connect(self) -> dict[str, float]:
+    def connect(self, timeout_s: float) -> dict[str, float]:
         return {}
 
     def close(self) -> None:
         pass
 
-    def ping(self, timeout_s: float) -> float:
-        back = self.down.peek(self.result_bytes, self.up.peek(DESCRIBE_BYTES, self.clock).arrival_s).arrival_s
-        if back - self.clock > timeout_s:  # given up on, and the pinging with it
-            self.clock += timeout_s
-            raise EdgeUnavailable(f"no answer to a ping in {timeout_s:g} s")
-        rtt, self.clock = back - self.clock, back
-        return rtt
-
     def send_probe(self, nbytes: int) -> int:
-        send_up, send_down = (self.up.send, self.down.send) if self.commit else (self.up.peek, self.down.peek)
-        answered = send_down(PROBE_REPLY_BYTES, send_up(nbytes, self.clock).arrival_s).arrival_s
+        answered = self.down.send(PROBE_REPLY_BYTES, self.up.send(nbytes, self.clock).arrival_s).arrival_s
         self._probe_seq += 1
         probe_id = -self._probe_seq  # out of the way of frame ids
-        if self.commit:
-            bisect.insort(self._pending, (answered, "probe", "local", nbytes, answered - self.clock, 0.0, probe_id))
-        else:  # peeking: the answer is only timed
-            self._peeked = (answered, probe_id, answered - self.clock)
+        bisect.insort(self._pending, (answered, "probe", "local", nbytes, answered - self.clock, 0.0, probe_id))
         return probe_id
-
-    def wait_probe(self, probe_id: int, timeout_s: float) -> Arrival | None:
-        sent = self.clock
-        found = next((p for p in self._pending if p[6] == probe_id), None)
-        if found is None:
-            answered, _, total = self._peeked
-        else:
-            answered, total = found[0], found[4]
-        if answered - sent > timeout_s:  # left pending: handed over when it comes
-            self.clock = sent + timeout_s
-            return None
-        if found is not None:
-            self._pending.remove(found)
-        self.clock = answered
-        return Arrival(probe_id, total, 0.0, answered)
 
     def arrivals(self) -> list[Arrival]:
         out = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["LINK_PROBES_HELP", "add_auto_switches", "fail"]
+__all__ = ["LINK_PROBES_HELP", "add_auto_switches", "fail", "parse_modes", "parse_accuracy", "add_mode_choice"]
 
 LINK_PROBES_HELP = ("measure an unused link with filler-byte probes sent beside local frames, which "
                     "the server answers at once (default: on; off: with hedged remote frames)")
@@ -33,3 +33,58 @@ def add_auto_switches(parser: argparse.ArgumentParser, scope: str, hedge_help: s
                         help=f"{scope}: {hedge_help}")
     parser.add_argument("--link-probes", action=argparse.BooleanOptionalAction, default=True,
                         help=f"{scope}: {LINK_PROBES_HELP}")
+
+
+def add_mode_choice(parser: argparse.ArgumentParser) -> None:
+    """The accuracy constraint of the controller (``auto``): which modes it may use, and how accurate each is."""
+    parser.add_argument("--modes", default="local,split,offload",
+                        help="auto: the modes it may use (default: all three)")
+    parser.add_argument("--accuracy", default=None, metavar="MODE=VALUE,...",
+                        help="auto: each mode's measured accuracy, e.g. the mAP `splitedge eval` wrote for the "
+                             "original (local, offload at its JPEG quality) and the split")
+    parser.add_argument("--min-accuracy", type=float, default=0.0,
+                        help="auto: use only modes whose --accuracy is at least this (default 0: any); if none "
+                             "is, the most accurate one")
+
+
+def parse_modes(spec: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in spec.split(",") if m.strip())
+    bad = [m for m in modes if m not in ("local", "split", "offload")]
+    if not modes or bad or len(set(modes)) != len(modes):
+        raise ValueError(f"--modes must be distinct values among local,split,offload, got {spec!r}")
+    return modes
+
+
+def parse_accuracy(spec: str | None, jpeg_quality: int = 90) -> dict[str, float]:
+    """``MODE=VALUE,...``, or the JSON ``splitedge eval`` wrote: local is the original's accuracy (mAP for a
+    detector, top-1 for a classifier), split the split's, offload JPEG's at ``jpeg_quality``."""
+    if not spec:
+        return {}
+    if spec.endswith(".json"):
+        return _accuracy_from_eval(spec, jpeg_quality)
+    out = {}
+    for part in spec.split(","):
+        mode, _, value = part.partition("=")
+        try:
+            out[mode.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--accuracy must be MODE=VALUE,... (e.g. local=0.051,split=0.056), got {spec!r}") from None
+    bad = sorted(set(out) - {"local", "split", "offload"})
+    if bad:
+        raise ValueError(f"--accuracy: unknown mode(s) {', '.join(bad)}")
+    return out
+
+
+def _accuracy_from_eval(path: str, jpeg_quality: int) -> dict[str, float]:
+    import json
+
+    try:
+        data = json.loads(open(path).read())
+        metric = "map" if "map" in data["original"] else "top1"
+        out = {"local": float(data["original"][metric]), "split": float(data["split"][metric])}
+        offload = data.get("offload", {}).get(f"q{jpeg_quality}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--accuracy {path}: not a `splitedge eval` JSON ({exc})") from None
+    if offload is not None:
+        out["offload"] = float(offload[metric])
+    return out

@@ -161,10 +161,11 @@ def test_link_probes_go_beside_local_frames_and_their_answers_reach_the_controll
         client.close()
     assert [r["mode"] for r in records] == ["local"] * 3 and all(r["detections"] for r in records)
     assert [r["probe_bytes"] for r in records] == [20_000] * 3
-    # First the probe sent while connecting, the size of the JPEG the first frame would otherwise have been sent
-    # as (offload's hedged worst case, 5001 ms, is below split's 5010 ms), answered before the first frame; then
-    # one per frame, each answered while its frame runs and handed over before the next decision.
-    assert [a[0] for a in ctl.answers][:3] == [60_000, 20_000, 20_000]
+    # First the one-byte RTT ping sent while connecting (an RTT sample, not a probe's), then one probe per frame,
+    # each answered while its frame runs and handed over before the next decision. (Hedged, no connect probe:
+    # the first frame measures the link itself.)
+    assert [a[0] for a in ctl.answers][:2] == [20_000, 20_000]
+    assert ctl.estimator.rtt_s() is not None and ctl.estimator.rtt.samples >= 1  # the ping's round trip
     for nbytes, total_s, server_s, now_s in ctl.answers:
         assert 0 < total_s < 5 and 0 <= server_s < total_s and now_s > 0
     assert ctl.estimator.bandwidth_bps() is not None  # the answers became bandwidth samples
@@ -218,7 +219,7 @@ def test_a_stream_found_dead_while_running_locally_starts_the_backoff():
         def close(self):
             self.closed = True
 
-    ctl = Controller(ModeCosts(100, 10, 10, 10, 1, 20_000, 60_000))
+    ctl = Controller(ModeCosts(100, 10, 10, 10, 1, 20_000, 60_000), backoff_jitter=0.0)
     client = DeadStreamClient()
     runtime = DeviceRuntime(build(MODEL)[0], ctl, client)
     runtime.session._collect()

@@ -173,7 +173,8 @@ def test_a_prior_gives_an_estimate_from_the_first_frame():
 
 # ----------------------------------------------------------- server failure
 def test_server_failure_means_local_with_doubling_capped_backoff():
-    ctl = Controller(COSTS, estimator=FakeLink(1000 * MBPS), backoff_initial_s=0.5, backoff_max_s=8.0)
+    ctl = Controller(COSTS, estimator=FakeLink(1000 * MBPS), backoff_initial_s=0.5, backoff_max_s=8.0,
+                     backoff_jitter=0.0)
     assert ctl.choose(0.0).mode == "offload"
     assert not ctl.should_reconnect(0.0)
     t = 1.0
@@ -194,8 +195,16 @@ def test_server_failure_means_local_with_doubling_capped_backoff():
     assert ctl.server_failed(t + 1) == 0.5  # reset after success
 
 
+def test_backoffs_are_jittered_within_a_quarter_below_the_doubling():
+    ctl = Controller(COSTS, estimator=FakeLink(1000 * MBPS), backoff_initial_s=0.5, backoff_max_s=8.0)
+    backoffs = [ctl.server_failed(0.0) for _ in range(6)]
+    for b, base in zip(backoffs, [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]):
+        assert 0.75 * base <= b <= base
+    assert len(set(backoffs[-2:])) == 2  # two devices failing together do not retry in step
+
+
 def test_remote_allowed_again_once_backoff_expires():
-    ctl = Controller(COSTS, estimator=FakeLink(1000 * MBPS))
+    ctl = Controller(COSTS, estimator=FakeLink(1000 * MBPS), backoff_jitter=0.0)
     ctl.server_failed(0.0)
     assert ctl.choose(0.4).mode == "local"
     assert ctl.choose(0.5).mode == "offload"  # this frame is the retry

@@ -241,18 +241,23 @@ def test_the_probe_that_ends_a_stall_makes_its_mode_the_steady_one_again():
 
 
 def test_the_connect_probe_measures_the_first_frames_payload_before_it():
-    ctl = Controller(COSTS)
+    ctl = Controller(COSTS, hedge=False)
     ctl.observe_rtt(RTT, 0.0)
-    # The first frame would measure the link with offload (hedged worst case 2 + 300 ms < split's 20 + 300 ms).
-    assert ctl.connect_probe(0.1) == COSTS.bytes_jpeg
+    # Unhedged, the first frame would measure the link with the fewest bytes: split.
+    assert ctl.connect_probe(0.1) == COSTS.bytes_split
     assert ctl.connect_probe(0.1) == 0  # one at a time
     assert ctl.choose(0.2).mode == "local"  # unanswered yet: nothing remote
-    ctl.observe_probe(COSTS.bytes_jpeg, COSTS.bytes_jpeg * 8 / (1000 * MBPS) + RTT, 0.0, 0.3)
+    ctl.observe_probe(COSTS.bytes_split, COSTS.bytes_split * 8 / (1000 * MBPS) + RTT, 0.0, 0.3)
     first = ctl.choose(0.4)
     assert first.mode == "offload" and first.reason == "best"  # chosen knowing the link
     assert Controller(COSTS, link_probes=False).connect_probe(0.0) == 0
     assert Controller(COSTS, estimator=LinkEstimator(initial_bps=MBPS, initial_rtt_s=RTT)).connect_probe(0.0) == 0
     assert Controller(scaled(COSTS, 0.05)).connect_probe(0.0) == 0  # local 15 ms: no remote mode can win
+    # Hedged, none: the first frame measures the link itself, at worst its device part plus a local run.
+    hedged = Controller(COSTS)
+    assert hedged.connect_probe(0.0) == 0
+    d = hedged.choose(0.0)
+    assert d.mode == "offload" and d.reason == "no-estimate" and d.hedge  # hedged worst case 2 + 300 < 20 + 300
 
 
 def test_an_rtt_from_pings_is_not_overridden_by_two_size_guesses():
