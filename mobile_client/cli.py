@@ -29,7 +29,8 @@ FIXED_MODES = ("local", "split", "offload")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="splitedge run", description="Run the splitedge device client.")
-    p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT")
+    p.add_argument("--server", default="127.0.0.1:50051", metavar="HOST:PORT",
+                   help="one server; or replicas, round-robin per stream: dns:///NAME:PORT or IP:PORT,IP:PORT,...")
     p.add_argument("--tls-ca", metavar="F", help="speak TLS; trust servers this CA (PEM) signed")
     p.add_argument("--tls-cert", metavar="F", help="with --tls-key: present this client certificate (mutual TLS)")
     p.add_argument("--tls-key", metavar="F")

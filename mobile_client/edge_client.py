@@ -16,10 +16,18 @@ for a result can time out. Two kinds of waiting end differently:
   oldest frame still waiting for its result was sent (or since the last result, if later).
   Then the stream is dropped and :class:`EdgeUnavailable` raised, and the runtime goes local
   and reconnects with the controller's backoff.
+
+Replicas: a ``dns:///NAME:PORT`` target (a name with several addresses: a Kubernetes headless
+service, ``docker compose --scale``) or several comma-separated ``IP:PORT`` addresses open a channel
+with gRPC's ``round_robin`` policy (see :func:`channel_target`). Calls, not frames, are spread: the
+one ``Infer`` stream stays on the replica it was opened on, so frames spread per stream (per device,
+per reconnect). When that replica dies the stream breaks, the frame is served on the device, and
+the reconnect's new channel picks a replica that is up.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import queue
 import threading
@@ -32,11 +40,41 @@ from protos import splitedge_pb2_grpc as pb_grpc
 
 from mobile_client.errors import EdgeUnavailable
 
-__all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult", "PROBE_ID_BASE"]
+__all__ = ["EdgeClient", "EdgeUnavailable", "DeadlineExceeded", "LateResult", "PROBE_ID_BASE", "channel_target"]
 
 _DONE = object()
 # Link probes (EdgeClient.send_probe) are numbered from here: frame ids (a source's frame index) stay below.
 PROBE_ID_BASE = 1 << 63
+
+
+def channel_target(target: str) -> tuple[str, list[tuple[str, str]]]:
+    """The gRPC channel target for ``--server`` and the channel options it needs.
+
+    ``HOST:PORT``: as it is (one server). ``dns:///NAME:PORT`` (every address the name resolves to),
+    ``ipv4:``/``ipv6:`` URIs, and comma-separated ``IP:PORT`` lists (made an ``ipv4:`` or ``ipv6:``
+    URI; IPv6 as ``[::1]:PORT``) get the ``round_robin`` policy. A list naming hosts is a ValueError:
+    put the name behind ``dns:///`` instead.
+    """
+    round_robin = [("grpc.lb_policy_name", "round_robin")]
+    if target.startswith(("dns:", "ipv4:", "ipv6:")):
+        return target, round_robin
+    if "," not in target:
+        return target, []
+    addresses = [a.strip() for a in target.split(",") if a.strip()]
+    versions = set()
+    for address in addresses:
+        host, sep, port = address.rpartition(":")
+        try:
+            versions.add(ipaddress.ip_address(host.strip("[]")).version)
+            if not sep or not port.isdigit():
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"--server {target}: {address!r} is not IP:PORT; a list takes IP addresses "
+                             f"(for a name with several addresses use dns:///NAME:PORT)") from None
+    if len(versions) > 1:
+        raise ValueError(f"--server {target}: mixes IPv4 and IPv6 addresses")
+    # The first address is the channel's authority: what TLS checks the server's certificate against.
+    return f"ipv{versions.pop()}:{','.join(addresses)}", round_robin + [("grpc.default_authority", addresses[0])]
 
 
 def _read_pem(path: str | None) -> bytes | None:
@@ -74,6 +112,7 @@ class EdgeClient:
         if tls_cert and not tls_ca:
             raise ValueError("a client certificate (mutual TLS) needs tls_ca, the CA that signed the server's")
         self.target = target
+        self._channel_target, self._lb_options = channel_target(target)  # a bad list fails here
         self.max_message_bytes = max_message_bytes
         self._tls = tuple(_read_pem(f) for f in (tls_ca, tls_cert, tls_key))  # read now: a missing file fails here
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -93,7 +132,7 @@ class EdgeClient:
         self.close()
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
                    ("grpc.max_send_message_length", self.max_message_bytes),
-                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000), *self._lb_options]
         self._channel = self._open_channel(options)
         self._stub = pb_grpc.SplitEdgeStub(self._channel)
         try:
@@ -109,9 +148,9 @@ class EdgeClient:
     def _open_channel(self, options: list) -> grpc.Channel:
         ca, cert, key = self._tls
         if ca is None:
-            return grpc.insecure_channel(self.target, options=options)
+            return grpc.insecure_channel(self._channel_target, options=options)
         creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-        return grpc.secure_channel(self.target, creds, options=options)
+        return grpc.secure_channel(self._channel_target, creds, options=options)
 
     def ping(self, timeout_s: float = 5.0) -> float:
         """Seconds for one `Describe` round trip on the open channel: a tiny message each way, i.e. the RTT.

@@ -30,6 +30,8 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import resize_boxes, resize_keypoints
 
+from split.models.ssdlite_tf import SSDLiteTF
+
 __all__ = ["Adapter", "ImageBatch", "Outputs", "Size", "Stage", "adapter_for"]
 
 Outputs = dict[str, Tensor]
@@ -139,7 +141,8 @@ class DenseFinish(_DetectorFinish):
 
 
 class SsdFinish(_DetectorFinish):
-    """SSD and SSDlite after the backbone: the heads over every tapped feature map."""
+    """SSD and SSDlite (torchvision's, and `split.models.SSDLiteTF`) after the backbone: the heads
+    over every tapped feature map."""
 
     def __init__(self, model: SSD) -> None:
         super().__init__(model)
@@ -288,6 +291,26 @@ class SsdAdapter(_DetectorAdapter):
         return SsdFinish(self.model)
 
 
+class SsdliteTfAdapter(_DetectorAdapter):
+    """`split.models.SSDLiteTF`, the TF OD API's SSDLite-MobileNetV2: the MobileNetV2 blocks, then
+    the extra blocks, one stage each. Its first tap is *inside* `features[14]` (the expansion
+    output), so that block is four stages (`features.14.conv.0` to `.3`): it has stride 2 and no
+    residual, so its parts in a row are its forward."""
+
+    def stages(self) -> list[Stage]:
+        bb = self.model.backbone
+        out = [Stage(f"backbone.features.{n}", mod) for n, mod in list(bb.features.named_children())[:14]]
+        out += [Stage(f"backbone.features.14.conv.{n}", mod, "0" if n == "0" else None)
+                for n, mod in bb.features[14].conv.named_children()]
+        out += [Stage(f"backbone.features.{n}", mod, "1" if n == "18" else None)
+                for n, mod in list(bb.features.named_children())[15:]]
+        return out + [Stage(f"backbone.extra.{n}", mod, str(2 + int(n))) for n, mod in bb.extra.named_children()]
+
+    @cached_property
+    def finisher(self) -> nn.Module:
+        return SsdFinish(self.model)
+
+
 class ClassifierAdapter(Adapter):
     """ResNet and MobileNetV2/V3 classifiers; outputs top-k labels and softmax scores."""
 
@@ -345,13 +368,15 @@ def adapter_class(model: nn.Module) -> type[Adapter]:
         return DenseAdapter
     if isinstance(model, SSD):
         return SsdAdapter
+    if isinstance(model, SSDLiteTF):
+        return SsdliteTfAdapter
     if hasattr(model, "layer1") and hasattr(model, "fc") or (
         hasattr(model, "features") and hasattr(model, "classifier")
     ):
         return ClassifierAdapter
     raise TypeError(
         f"no split adapter for {type(model).__name__}: supported are torchvision's GeneralizedRCNN "
-        "(Faster/Mask/Keypoint R-CNN), RetinaNet, FCOS, SSD/SSDlite, ResNet and MobileNetV2/V3"
+        "(Faster/Mask/Keypoint R-CNN), RetinaNet, FCOS, SSD/SSDlite, split.models.SSDLiteTF, ResNet and MobileNetV2/V3"
     )
 
 

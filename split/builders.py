@@ -15,6 +15,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone
 
+from split.models import ssdlite300_mobilenet_v2_person
+
 __all__ = ["BUILDERS", "fasterrcnn_mobilenet_v2_320_fpn"]
 
 
@@ -50,4 +52,5 @@ def fasterrcnn_mobilenet_v2_320_fpn(*, weights: Any = None, weights_backbone: An
                       **{**defaults, **kwargs})
 
 
-BUILDERS = {"fasterrcnn_mobilenet_v2_320_fpn": fasterrcnn_mobilenet_v2_320_fpn}
+BUILDERS = {"fasterrcnn_mobilenet_v2_320_fpn": fasterrcnn_mobilenet_v2_320_fpn,
+            "ssdlite300_mobilenet_v2_person": ssdlite300_mobilenet_v2_person}

