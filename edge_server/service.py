@@ -218,7 +218,8 @@ class SplitEdgeServicer:
         except Exception:  # protobuf's DecodeError; any parse failure is the same to us
             return self._error(frame_id_of(raw), "", Code.INVALID_ARGUMENT,
                                f"a {len(raw)}-byte message that does not parse as a splitedge.v1.Frame", client)
-        frame_id, model = frame.frame_id, frame.payload.model
+        # A client's name for a model is a metrics label only if it is a served model's: labels must stay bounded.
+        frame_id, model = frame.frame_id, frame.payload.model if frame.payload.model in self.registry.names else ""
         try:
             if frame.probe and not frame.HasField("payload"):  # a link probe: answered at once, nothing computed
                 return pb.Result(frame_id=frame_id, code=0, queue_ms=(time.perf_counter() - arrived) * 1e3)
@@ -238,7 +239,8 @@ class SplitEdgeServicer:
             raise _Refused(Code.INVALID_ARGUMENT, "a frame carries a payload or a probe, not both")
         served = self.registry.get(frame.payload.model)
         if served is None:
-            raise _Refused(Code.NOT_FOUND, f"unknown model {frame.payload.model!r}; served: {', '.join(self.registry.names)}")
+            raise _Refused(Code.NOT_FOUND, f"unknown model {frame.payload.model[:64]!r}; "
+                                           f"served: {', '.join(self.registry.names)}")
         if not grant.allows(served.model.name):
             raise _Refused(Code.PERMISSION_DENIED, f"this token may not use model {served.model.name!r}")
         try:

@@ -90,6 +90,10 @@ class ModelLimits:
         return h, w
 
 
+# Bounds of the two pure-Python walks over a client's bytes, which run on the event loop.
+JPEG_MAX_MARKERS = 1024
+FRAME_ID_MAX_FIELDS = 16
+
 def _hw(size: pb.Size) -> Size:
     return int(size.height), int(size.width)
 
@@ -173,12 +177,16 @@ def jpeg_size(data: bytes) -> Size:
     """(height, width) from a JPEG's frame header, read without decoding; PayloadMismatch if none.
 
     Walks the marker segments from SOI to the first SOF by their lengths, so every step reads
-    bytes that are there and the walk ends at the end of the data.
+    bytes that are there and the walk ends at the end of the data; at most
+    :data:`JPEG_MAX_MARKERS` steps (fill bytes count), since it runs on the event loop and a
+    hostile 16 MiB of fill bytes or tiny segments would otherwise hold it for a second (an
+    encoder writes its frame header within the first few segments).
     """
     if data[:2] != b"\xff\xd8":
         raise PayloadMismatch(f"jpeg: {len(data)} bytes are not a decodable image: not a JPEG (no start-of-image marker)")
-    i, n = 2, len(data)
-    while i + 4 <= n:
+    i, n, steps = 2, len(data), 0
+    while i + 4 <= n and steps < JPEG_MAX_MARKERS:  # bounded: this runs on the event loop
+        steps += 1
         if data[i] != 0xFF:
             break
         marker = data[i + 1]
@@ -209,10 +217,13 @@ def frame_id_of(raw: bytes) -> int:
     """The ``frame_id`` of a serialized Frame that does not parse, as far as its fields can be read (else 0).
 
     Reads top-level fields (varint tags; varint, 64-bit, length-delimited and 32-bit values) until
-    the bytes stop making sense; the last ``frame_id`` seen wins, as protobuf's own parser would have it.
+    the bytes stop making sense, at most :data:`FRAME_ID_MAX_FIELDS` of them (it runs on the event
+    loop: a hostile 16 MiB of tiny fields would otherwise hold it for seconds; protobuf writes
+    ``frame_id``, field 1, first); the last ``frame_id`` seen wins, as protobuf's own parser would.
     """
-    i, n, found = 0, len(raw), 0
-    while i < n:
+    i, n, found, fields = 0, len(raw), 0, 0
+    while i < n and fields < FRAME_ID_MAX_FIELDS:
+        fields += 1
         tag, i = _varint(raw, i)
         if tag is None:
             break

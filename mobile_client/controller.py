@@ -1,19 +1,11 @@
 """Per-frame choice among local, split and offload (DESIGN.md §3); the rules and why: docs/controller.md.
 
-Pure decision logic: no sockets, no clock (time is passed in), so the live
-client and the simulator drive the very same object through the one session
-driver (:mod:`mobile_client.session`), whose order of calls is the contract:
-:meth:`Controller.choose` per frame; then :meth:`~Controller.observe` (a remote
-result), :meth:`~Controller.observe_local`, :meth:`~Controller.missed` (a
-frame given up on: deadline or lost hedge) and :meth:`~Controller.observe_late`
-(its result after all), :meth:`~Controller.observe_probe` /
-:meth:`~Controller.probe_lost` (a link probe), :meth:`~Controller.observe_rtt`
-(pings at connect), :meth:`~Controller.server_failed` /
-:meth:`~Controller.server_ok`. Built from parts: the cost model
-(:mod:`~mobile_client.costs`), the link estimate and two-size RTT
-identification (:mod:`~mobile_client.estimators`), the probe scheduler
-(:mod:`~mobile_client.probes`), the stall tracker and server backoff
-(:mod:`~mobile_client.stalls`).
+Pure decision logic, no sockets, no clock (time is passed in): the live client and the simulator
+drive the very same object through the one session driver (:mod:`mobile_client.session`), whose
+order of calls is the contract (docs/controller.md, "Contract with the caller"). Built from parts:
+the cost model (:mod:`~mobile_client.costs`), the link estimate and two-size RTT identification
+(:mod:`~mobile_client.estimators`), the probe scheduler (:mod:`~mobile_client.probes`), the stall
+tracker, deadlines and server backoff (:mod:`~mobile_client.stalls`).
 """
 
 from __future__ import annotations
@@ -93,7 +85,7 @@ class Controller:
 
     @property
     def failures(self) -> int:
-        """Consecutive server failures since the last :meth:`server_ok`."""
+        """Consecutive server failures since the server last delivered something (a result, an answer)."""
         return self._backoff.failures
 
     def backoff_s(self) -> float:
@@ -332,6 +324,7 @@ class Controller:
         if self._stalls.stalled and mode in self.modes:  # a probe came back in time: the steady mode is the one that
             self._current = mode  # just delivered (hysteresis is not for coming back)
         self._stalls.in_time()
+        self._backoff.delivered()
         if math.isfinite(total_s) and math.isfinite(server_s) and nbytes >= 0:
             self._transfers.observe(nbytes, max(0.0, total_s - server_s), now_s, self.estimator)
         self.estimator.observe_transfer(nbytes, total_s, server_s, now_s)
@@ -355,12 +348,14 @@ class Controller:
         what it says is that the link delivers again."""
         if mode not in REMOTE_MODES:
             raise ValueError(f"observe_late() is for remote modes {REMOTE_MODES}, got {mode!r}")
+        self._backoff.delivered()
         self._stalls.late(nbytes, total_s - server_s, now_s, self.effective_costs().t_full_device_ms / 1000.0)
 
     def observe_probe(self, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
         """Report a link probe's answer: a bandwidth sample like a remote frame's, and the newest news about the
         link. An answer to an older probe, given up on (sent at ``now_s - total_s``), does not end the wait."""
         self._probes.answered(now_s, total_s)
+        self._backoff.delivered()
         if not (math.isfinite(total_s) and math.isfinite(server_s) and nbytes > 0):
             return
         self._stalls.probe_answered(now_s - total_s)
@@ -378,6 +373,7 @@ class Controller:
     def observe_rtt(self, rtt_s: float, now_s: float) -> None:
         """Report a payload-free round trip (ping, health check): the cleanest RTT sample."""
         self._transfers.observe_ping(rtt_s)
+        self._backoff.delivered()
         self.estimator.observe_rtt(rtt_s, now_s)
 
     def server_failed(self, now_s: float) -> float:
@@ -389,7 +385,7 @@ class Controller:
         return backoff
 
     def server_ok(self, now_s: float) -> None:
-        """Record a successful (re)connection: the backoff starts again from ``backoff_initial_s``."""
+        """Record a (re)connection; the backoff starts again from ``backoff_initial_s`` once it delivers."""
         self._backoff.ok()
         self._probes.lost()  # a fresh stream: nothing sent on the old one will be answered
         self._stalls.stream_lost()

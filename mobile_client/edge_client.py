@@ -125,20 +125,29 @@ class EdgeClient:
         self._late: list[LateResult] = []
         self._last_heard = -math.inf  # perf_counter of the last result received
         self._probe_seq = 0
+        self._warm: grpc.Channel | None = None  # a channel still connecting when connect() last gave up
         self.description: pb.DescribeResponse | None = None
 
     def connect(self, timeout_s: float = 5.0) -> pb.DescribeResponse:
-        """Open the channel and call `Describe`; the server's message limit then bounds our sends."""
+        """Open the channel and call `Describe`; the server's message limit then bounds our sends.
+
+        A channel whose `Describe` ran out of time is kept, not closed, and the
+        next call goes on with it: its TCP and TLS handshakes carry on in the
+        background, so a caller that may wait only a little each time (the
+        session waits at most one local run) still gets through on a slow link.
+        """
         self.close()
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
                    ("grpc.max_send_message_length", self.max_message_bytes),
                    ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000), *self._lb_options]
-        self._channel = self._open_channel(options)
+        self._channel, self._warm = self._warm or self._open_channel(options), None
         self._stub = pb_grpc.SplitEdgeStub(self._channel)
         try:
             self.description = self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s, wait_for_ready=True,
                                                    metadata=self._metadata)
         except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # still connecting: keep it for the next try
+                self._warm, self._channel, self._stub = self._channel, None, None
             self.close()
             raise EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}") from None
         if self.description.max_message_bytes:

@@ -358,7 +358,8 @@ class LinkEstimator:
         (transfer or RTT sample); ``None`` without one."""
         if not self._fit:
             return None
-        newest = max(self._fit[-1][0], self.rtt.last_at if self.rtt.last_at is not None else -math.inf)
+        rtt_at = getattr(self.rtt, "last_at", None)  # a replaced RTT estimator may not say
+        newest = max(self._fit[-1][0], rtt_at if rtt_at is not None else -math.inf)
         recent = [t for at, (_, t) in self._fit if self.max_age_s is None or newest - at < self.max_age_s]
         return min(recent) if recent else None
 

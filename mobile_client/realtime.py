@@ -14,10 +14,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from mobile_client.sources import Frame
 
-__all__ = ["LatestFrame"]
+__all__ = ["LatestFrame", "Skipped"]
+
+
+class Skipped(NamedTuple):
+    """A frame the device never got to: its number and where it came from, without its pixels."""
+
+    index: int
+    source: str
 
 
 class LatestFrame:
@@ -28,7 +36,8 @@ class LatestFrame:
             raise ValueError(f"--fps must be positive, got {fps}")
         self._frames, self._fps = frames, fps
         self._cond = threading.Condition()
-        self._waiting: list[tuple[Frame, float]] = []  # captured and not taken yet, oldest first
+        self._newest: tuple[Frame, float] | None = None  # the newest frame not taken yet, and its capture time
+        self._skipped: list[Skipped] = []  # older ones, without pixels: memory stays one frame's however slow
         self._done = False
         self.error: BaseException | None = None
         threading.Thread(target=self._capture, name="splitedge-capture", daemon=True).start()
@@ -40,7 +49,9 @@ class LatestFrame:
                 if self._fps is not None:  # a file stands for a camera capturing at fps
                     time.sleep(max(0.0, start + i / self._fps - time.perf_counter()))
                 with self._cond:
-                    self._waiting.append((frame, time.perf_counter()))
+                    if self._newest is not None:
+                        self._skipped.append(Skipped(self._newest[0].index, self._newest[0].source))
+                    self._newest = (frame, time.perf_counter())
                     self._cond.notify()
         except BaseException as exc:  # handed to the reader: a source error ends the run with its message
             self.error = exc
@@ -49,16 +60,16 @@ class LatestFrame:
                 self._done = True
                 self._cond.notify()
 
-    def take(self) -> tuple[Frame, float, list[Frame]] | None:
+    def take(self) -> tuple[Frame, float, list[Skipped]] | None:
         """Wait for a frame; the newest, its capture time (perf_counter), and the older ones skipped. None: the
         source has ended (its error, if any, is raised)."""
         with self._cond:
-            while not self._waiting and not self._done:
+            while self._newest is None and not self._done:
                 self._cond.wait()
-            if not self._waiting:
+            if self._newest is None:
                 if self.error is not None:
                     raise self.error
                 return None
-            waiting, self._waiting = self._waiting, []
-        frame, captured = waiting[-1]
-        return frame, captured, [f for f, _ in waiting[:-1]]
+            (frame, captured), skipped = self._newest, self._skipped
+            self._newest, self._skipped = None, []
+        return frame, captured, skipped

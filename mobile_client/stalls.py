@@ -115,7 +115,11 @@ class ServerBackoff:
     """Exponential backoff after server failures: ``initial_s`` doubling per failure in a row, up to ``max_s``.
 
     Each wait is shortened by a random fraction of up to ``jitter`` of it, so that devices that lost the same
-    server at the same moment do not all come back at the same moment (they would knock it over again).
+    server at the same moment do not all come back at the same moment (they would knock it over again). A
+    failure counts as "in a row" until the server has *delivered* something on a new connection (a ping's
+    or a probe's answer, a result), not merely accepted it: a server that answers the connect and then
+    refuses or drops every stream (one at its stream limit) would otherwise be retried every
+    ``initial_s`` for ever.
     """
 
     def __init__(self, initial_s: float, max_s: float, jitter: float = 0.25, seed: int | None = None) -> None:
@@ -126,27 +130,33 @@ class ServerBackoff:
         self.initial_s, self.max_s, self.jitter = initial_s, max_s, jitter
         self._random = random.Random(seed)
         self.failures = 0
+        self._connected = True  # until the first failure: the server is presumed up
         self._backoff_s = 0.0
         self._retry_at_s = -math.inf
 
     def backoff_s(self) -> float:
         """Length of the current backoff; 0 while the server is considered up."""
-        return self._backoff_s if self.failures else 0.0
+        return 0.0 if self._connected else self._backoff_s
 
     def failed(self, now_s: float) -> float:
         self.failures += 1
-        base = min(self.initial_s * 2.0 ** (self.failures - 1), self.max_s)
-        self._backoff_s = base * (1.0 - self.jitter * self._random.random())
+        self._connected = False
+        base = self.initial_s * 2.0 ** min(self.failures - 1, 62)  # capped exponent: no overflow after hours down
+        self._backoff_s = min(base, self.max_s) * (1.0 - self.jitter * self._random.random())
         self._retry_at_s = now_s + self._backoff_s
         return self._backoff_s
 
     def ok(self) -> None:
-        self.failures = 0
+        """Connected again; the failures in a row end only once the server delivers (:meth:`delivered`)."""
+        self._connected = True
         self._retry_at_s = -math.inf
+
+    def delivered(self) -> None:
+        self.failures = 0
 
     def waiting(self, now_s: float) -> bool:
         """The server is down and its backoff has not expired: every frame is local."""
-        return bool(self.failures) and now_s < self._retry_at_s
+        return not self._connected and now_s < self._retry_at_s
 
     def should_reconnect(self, now_s: float) -> bool:
-        return self.failures > 0 and now_s >= self._retry_at_s
+        return not self._connected and now_s >= self._retry_at_s

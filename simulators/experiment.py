@@ -221,7 +221,7 @@ class _Camera:
         if i >= self.frames:
             return None
         if self.realtime:
-            newest = min(self.frames - 1, int(free_at * self.fps))
+            newest = min(self.frames - 1, int(free_at * self.fps) + 1)  # int() may round n - 1e-12 down
             while newest > i and self.arrival(newest) > free_at:
                 newest -= 1
             i = max(i, newest)

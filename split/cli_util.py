@@ -83,8 +83,9 @@ def _accuracy_from_eval(path: str, jpeg_quality: int) -> dict[str, float]:
         metric = "map" if "map" in data["original"] else "top1"
         out = {"local": float(data["original"][metric]), "split": float(data["split"][metric])}
         offload = data.get("offload", {}).get(f"q{jpeg_quality}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"--accuracy {path}: not a `splitedge eval` JSON ({exc})") from None
-    if offload is not None:
+        if offload is None:  # an unmeasured mode must not count as perfect
+            raise KeyError(f"no offload accuracy at JPEG quality {jpeg_quality}: evaluate it, or give MODE=VALUE")
         out["offload"] = float(offload[metric])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--accuracy {path}: not usable as a `splitedge eval` JSON ({exc})") from None
     return out

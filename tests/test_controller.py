@@ -192,7 +192,11 @@ def test_server_failure_means_local_with_doubling_capped_backoff():
     assert not ctl.should_reconnect(t)
     d = ctl.choose(t + 0.01)
     assert d.mode == "offload"
-    assert ctl.server_failed(t + 1) == 0.5  # reset after success
+    # Connected is not yet delivering: a server that accepts and then drops the stream keeps the backoff growing.
+    assert ctl.server_failed(t + 1) == 8.0
+    ctl.server_ok(t + 9)
+    ctl.observe_rtt(0.02, t + 9.1)  # a ping's answer: the server delivers
+    assert ctl.failures == 0 and ctl.server_failed(t + 10) == 0.5  # reset after success
 
 
 def test_backoffs_are_jittered_within_a_quarter_below_the_doubling():

@@ -240,8 +240,9 @@ def test_sigterm_drains_then_exits(payloads):
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # all four read and queued on the one compute thread
-            if _metric(urllib.request.urlopen(url, timeout=5).read().decode(), "splitedge_frames_in_flight") >= 3:
+            if _metric(urllib.request.urlopen(url, timeout=5).read().decode(), "splitedge_frames_in_flight") >= 4:
                 break
+            time.sleep(0.01)
         else:
             pytest.fail("the frames never were in flight together")
         srv.proc.send_signal(signal.SIGTERM)
