@@ -389,6 +389,8 @@ class Controller:
         self._backoff.ok()
         self._probes.lost()  # a fresh stream: nothing sent on the old one will be answered
         self._stalls.stream_lost()
+        if self._backoff.failures and hasattr(self.estimator, "new_path"):  # a reconnect: maybe another replica
+            self.estimator.new_path()
 
     def should_reconnect(self, now_s: float) -> bool:
         """Whether the server is down and its backoff has expired, so a reconnect should be tried now."""

@@ -326,6 +326,13 @@ class LinkEstimator:
         """Feed an explicit round trip with no payload (a ping, a health check)."""
         self.rtt.observe(rtt_s, at_s)
 
+    def new_path(self) -> None:
+        """A new connection, perhaps to another replica: forget the RTT samples and the transfers that bound
+        and fit it (the connect's pings measure it again); the bandwidth samples, of the device's own uplink,
+        stay."""
+        self.rtt = RttEstimator(window=self.rtt.window, initial_s=self.rtt.initial_s, max_age_s=self.rtt.max_age_s)
+        self._fit.clear()
+
     def bandwidth_bps(self, *, bounded: bool = True) -> float | None:
         """The bandwidth estimate; ``bounded=False`` ignores a pending bound (see :meth:`observe_unfinished`)."""
         return self.bandwidth.estimate_bps(bounded=bounded)

@@ -199,3 +199,14 @@ def test_a_bound_alone_is_an_estimate_and_garbage_is_ignored():
     est.observe_unfinished(500, 1.0, 0.0, at_s=0.0)  # a tiny message is not about bandwidth
     est.observe_unfinished(20_000, -1.0, 0.0, at_s=0.0)
     assert est.bandwidth_bps() is None
+
+
+def test_a_new_path_forgets_the_rtt_but_keeps_the_bandwidth():
+    est = LinkEstimator()
+    est.observe_rtt(0.040, 0.0)
+    est.observe_transfer(50_000, 0.040 + 0.200, 0.0, 1.0)  # 2 Mbit/s after the 40 ms RTT
+    bps = est.bandwidth_bps()
+    est.new_path()  # reconnected, perhaps to a farther replica
+    assert est.rtt_s() is None and est.bandwidth_bps() == bps
+    est.observe_rtt(0.120, 2.0)
+    assert est.rtt_s() == 0.120  # not capped by the old path's transfers
