@@ -117,7 +117,8 @@ def main(command: str, argv: list[str]) -> int:
     try:
         total = len(source) * args.loop if args.limit is None else min(len(source) * args.loop, args.limit)
         realtime = args.realtime if args.realtime is not None else args.source.startswith("camera:")
-        items = _realtime(frames, args) if realtime else ((frame, None, []) for frame in frames)
+        items = (LatestFrame(frames, None if args.source.startswith("camera:") else args.fps) if realtime
+                 else ((frame, None, []) for frame in frames))
         for frame, captured, skipped in tqdm(items, total=None if realtime else total or None, desc=f"{args.mode}",
                                              unit="frame", file=sys.stderr):
             for stale in skipped:  # a newer frame was waiting: one line each all the same
@@ -144,13 +145,6 @@ def main(command: str, argv: list[str]) -> int:
         if line := realtime_summary(records):
             print(line)
     return 0
-
-
-def _realtime(frames, args):
-    """The newest frame each time the device is free (see mobile_client.realtime), with those skipped."""
-    latest = LatestFrame(frames, None if args.source.startswith("camera:") else args.fps)
-    while (taken := latest.take()) is not None:
-        yield taken
 
 
 def _edge_client(args) -> EdgeClient:

@@ -23,6 +23,7 @@ from .stalls import DEADLINE_FACTOR, DEADLINE_SLACK, Deadlines, ServerBackoff, S
 
 __all__ = ["Controller"]
 
+
 @dataclass(frozen=True)
 class _View:
     """The link and costs as one decision sees them (computed once per :meth:`Controller.choose`)."""
@@ -137,8 +138,7 @@ class Controller:
                 delivering = predict_latencies(costs, bps_before, rtt_or_0)
         shown = set(self.modes) | {"local"}
         predicted = {m: v for m, v in neutral.items() if m in shown and (m == "local" or bps is not None)}
-        local_allowed = "local" in self.modes and self.accuracy["local"] >= self.min_accuracy
-        return _View(now_s, costs, bps, rtt, rtt_or_0, raw, predicted, delivering, local_allowed)
+        return _View(now_s, costs, bps, rtt, rtt_or_0, raw, predicted, delivering, "local" in self._accurate_enough())
 
     def _decide(self, view: _View, mode: str, reason: str, probe_bytes: int = 0) -> Decision:
         """The decision record; a remote mode gets a deadline and a hedge only where local may serve the frame."""
@@ -160,9 +160,12 @@ class Controller:
             return view.predicted[mode]
         return predict_latencies(view.costs, math.inf, view.rtt_or_0)[mode]  # no estimate: compute and RTT alone
 
+    def _accurate_enough(self) -> list[str]:
+        return [m for m in self.modes if self.accuracy[m] >= self.min_accuracy]
+
     def _eligible(self) -> tuple[list[str], bool]:
         """Modes meeting the accuracy constraint (else the most accurate one), and whether none met it."""
-        eligible = [m for m in self.modes if self.accuracy[m] >= self.min_accuracy]
+        eligible = self._accurate_enough()
         if eligible:
             return eligible, False
         return [max(self.modes, key=lambda m: self.accuracy[m])], True
@@ -289,13 +292,12 @@ class Controller:
         return self._decide(view, probe_mode, "probe")
 
     def connect_probe(self, now_s: float) -> int:
-        """Bytes of a link probe to send while connecting (the payload the first frame would otherwise be sent
-        with to learn the link); 0: none (link probes off, a bandwidth prior, no remote mode could win, or the
-        first frame is hedged: it measures the link itself, at worst its device part plus a local run, where
-        waiting for a probe's answer would hold it local)."""
+        """Bytes of a link probe to send while connecting, the first frame's would-be payload; 0: none (link probes
+        off, a bandwidth prior, no remote mode could win, or a hedged first frame, which measures the link itself
+        at worst its device part plus a local run, where waiting for a probe's answer would hold it local)."""
         if not self.link_probes or self.estimator.bandwidth_bps() is not None or self._probes.outstanding:
             return 0
-        eligible = [m for m in self.modes if self.accuracy[m] >= self.min_accuracy]
+        eligible = self._accurate_enough()  # no fallback to the most accurate: none qualifying, no probe
         remote = [m for m in eligible if m in REMOTE_MODES]
         costs = self.effective_costs()
         rtt_s = self.estimator.rtt_s() or 0.0

@@ -161,21 +161,6 @@ class EdgeClient:
         creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
         return grpc.secure_channel(self._channel_target, creds, options=options)
 
-    def ping(self, timeout_s: float = 5.0) -> float:
-        """Seconds for one `Describe` round trip on the open channel: a tiny message each way, i.e. the RTT.
-
-        (The first call on a new channel also pays for the TCP and HTTP/2
-        handshakes; :meth:`connect` has made it.)
-        """
-        if self._stub is None:
-            raise EdgeUnavailable(f"{self.target}: not connected")
-        t0 = time.perf_counter()
-        try:
-            self._stub.Describe(pb.DescribeRequest(), timeout=timeout_s, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise EdgeUnavailable(f"{self.target}: {exc.code().name}: {exc.details()}") from None
-        return time.perf_counter() - t0
-
     @property
     def connected(self) -> bool:
         return self._stub is not None

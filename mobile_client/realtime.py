@@ -73,3 +73,8 @@ class LatestFrame:
             (frame, captured), skipped = self._newest, self._skipped
             self._newest, self._skipped = None, []
         return frame, captured, skipped
+
+    def __iter__(self) -> Iterator[tuple[Frame, float, list[Skipped]]]:
+        """:meth:`take` until the source ends."""
+        while (taken := self.take()) is not None:
+            yield taken

@@ -43,8 +43,8 @@ from auto_reasons import count_reasons, write_reasons
 from trace_table import FIXED, read, short
 
 from mobile_client import Controller, ModeCosts
-from simulators.experiment import POLICIES, SimConfig, Summary, simulate, summarize
-from simulators.trace_files import load_trace
+from simulators.experiment import POLICIES, SimConfig, Summary, simulate, summarize, write_summary_csv
+from simulators.trace_files import load_trace, load_trace_file, trace_files_in
 from simulators.traces import TraceError
 
 # name -> (Controller keyword arguments, whether the RTT measured at connect reaches the controller)
@@ -99,12 +99,11 @@ def load_traces(specs: list[str]) -> list[tuple[str, object]]:
         if not folder.is_dir():
             traces.append(load_trace(spec))
             continue
-        for f in sorted(folder.rglob("*")):
-            if f.is_file() and f.suffix != ".down" and not f.name.startswith("."):
-                try:
-                    traces.append(load_trace(f"mahimahi:{f}" if f.suffix == ".up" else str(f)))
-                except TraceError as exc:
-                    print(f"skipping {f}: {exc}", file=sys.stderr)
+        for f in trace_files_in(folder):
+            try:
+                traces.append(load_trace_file(f))
+            except TraceError as exc:
+                print(f"skipping {f}: {exc}", file=sys.stderr)
     return [(t.name, t) for t in traces]
 
 
@@ -165,10 +164,7 @@ def main(argv: list[str]) -> int:
     for name in args.variants:
         summaries, reasons, counts = run_variant(name, traces, base, costs)
         (out / name).mkdir(parents=True, exist_ok=True)
-        with open(out / name / "summary.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(Summary.CSV_COLUMNS)
-            w.writerows(s.csv_row() for s in summaries)
+        write_summary_csv(out / name / "summary.csv", summaries)
         write_reasons(out / name / "auto_reasons.csv", reasons)
         table.append([name, *worst(out / name), *counts])
         print("  ".join(map(str, table[-1])))

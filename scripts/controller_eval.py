@@ -21,7 +21,6 @@ K = 4, real-time camera: served frames' p95 e2e <= 2 x the slowest mode's servic
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -32,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 from tqdm import tqdm  # noqa: E402
 
 from mobile_client.costs import costs_from_profiles, read_profile, scaled  # noqa: E402
-from simulators.experiment import FIXED_POLICIES, POLICIES, SimConfig, Summary, run_experiment  # noqa: E402
-from simulators.trace_files import load_trace  # noqa: E402
+from simulators.experiment import (FIXED_POLICIES, POLICIES, SimConfig, Summary, run_experiment,  # noqa: E402
+                                   write_summary_csv)
+from simulators.trace_files import load_trace, load_trace_file, trace_files_in  # noqa: E402
 from simulators.traces import TraceError  # noqa: E402
 
 DEAD_START = ("steps:8@0.0005,600@100", "steps:3@0.001,1@0,1@0.035,3@0,600@100")
@@ -41,12 +41,7 @@ DEAD_START = ("steps:8@0.0005,600@100", "steps:3@0.001,1@0,1@0.035,3@0,600@100")
 
 def trace_files(data: Path) -> list[Path]:
     """Every trace file of the shared data, sorted by its path relative to ``data``: the split's order."""
-    files = []
-    for folder in ("traces", "more-traces"):
-        for f in (data / folder).rglob("*"):
-            rel = f.relative_to(data)
-            if f.is_file() and f.suffix != ".down" and not any(p.startswith(".") for p in rel.parts):
-                files.append(f)
+    files = [f for folder in ("traces", "more-traces") for f in trace_files_in(data / folder)]
     return sorted(files, key=lambda f: f.relative_to(data).as_posix())
 
 
@@ -58,7 +53,7 @@ def load(files: list[Path], data: Path) -> list[tuple[str, object]]:
     out = []
     for f in files:
         try:
-            trace = load_trace(f"mahimahi:{f}" if f.suffix == ".up" else str(f))
+            trace = load_trace_file(f)
         except TraceError as exc:
             print(f"skipping {f}: {exc}", file=sys.stderr)
             continue
@@ -87,14 +82,6 @@ def targets(summaries: list[Summary], local_ms: float, records) -> dict:
     }
 
 
-def write_summary(path: Path, summaries: list[Summary], realtime: bool = False) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(Summary.CSV_COLUMNS + (Summary.REALTIME_COLUMNS if realtime else ()))
-        w.writerows(s.csv_row(realtime) for s in summaries)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -120,18 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             config = SimConfig(scaled(base, k), fps=1.0, frames=600)
             for part, traces in loaded.items():
                 records, summaries = run_experiment(traces, POLICIES, config, progress=bar.update)
-                write_summary(out / f"K{k:g}" / part / "summary.csv", summaries)
+                write_summary_csv(out / f"K{k:g}" / part / "summary.csv", summaries)
                 report["parts"][f"K{k:g}/{part}"] = targets(summaries, config.costs.t_full_device_ms, records)
     k8 = SimConfig(scaled(base, 8.0), fps=1.0, frames=300)
     dead = [(spec, load_trace(spec)) for spec in DEAD_START]
     _, summaries = run_experiment(dead, POLICIES, k8)
-    write_summary(out / "dead-start" / "summary.csv", summaries)
+    write_summary_csv(out / "dead-start" / "summary.csv", summaries)
     means = {(s.trace, s.policy): s.mean_e2e_ms for s in summaries}
     report["dead_start_auto_over_offload"] = {spec: round(means[(spec, "auto")] / means[(spec, "offload")], 4)
                                               for spec in DEAD_START}
     overload = SimConfig(scaled(base, 4.0), fps=5.0, frames=600, realtime=True)
     _, summaries = run_experiment(loaded["report"], POLICIES, overload)
-    write_summary(out / "overload-K4-fps5-realtime" / "summary.csv", summaries, realtime=True)
+    write_summary_csv(out / "overload-K4-fps5-realtime" / "summary.csv", summaries, realtime=True)
     slowest = max(overload.costs.t_full_device_ms, max(s.p50_service_ms for s in summaries if s.policy in FIXED_POLICIES))
     worst = max((s for s in summaries if s.policy == "auto"), key=lambda s: s.p95_e2e_ms)
     report["overload_K4_fps5_realtime"] = {

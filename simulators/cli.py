@@ -214,20 +214,17 @@ def _expand_traces(specs: list[str], load_trace) -> list[tuple[str, object]]:
     warning, so a README next to the traces does not stop a sweep. Labels are
     the trace names, made unique with the file's path when two collide.
     """
+    from .trace_files import load_trace_file, trace_files_in
     from .traces import TraceError
 
     found: list[tuple[str, object, str]] = []  # (name, trace, where)
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.is_file()
-                           and not any(part.startswith(".") for part in f.relative_to(path).parts))
             count = 0
-            for f in files:
-                if f.suffix == ".down":
-                    continue
+            for f in trace_files_in(path):
                 try:
-                    trace = load_trace(f"mahimahi:{f}" if f.suffix == ".up" else str(f))
+                    trace = load_trace_file(f)
                 except TraceError as exc:
                     print(f"splitedge simulate: warning: skipping {f}: {exc}", file=sys.stderr)
                     continue
@@ -249,7 +246,7 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
 
     from tqdm import tqdm
 
-    from .experiment import FIXED_POLICIES, Summary, run_experiment, split_wins_ranges, sweep
+    from .experiment import FIXED_POLICIES, run_experiment, split_wins_ranges, sweep, write_summary_csv
     from .plots import plot_cdfs, plot_sweep
 
     sweep_policies = policies + [p for p in FIXED_POLICIES if p not in policies]
@@ -261,15 +258,8 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
         wins = split_wins_ranges(sweep_rows, config)
     elapsed = time.perf_counter() - started
 
-    extra = Summary.REALTIME_COLUMNS if args.realtime else ()
-    with open(out / "summary.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(Summary.CSV_COLUMNS + extra)
-        w.writerows(s.csv_row(args.realtime) for s in summaries)
-    with open(out / "sweep.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(("mbps",) + Summary.CSV_COLUMNS[1:] + extra)
-        w.writerows(s.csv_row(args.realtime) for s in sweep_rows)
+    write_summary_csv(out / "summary.csv", summaries, args.realtime)
+    write_summary_csv(out / "sweep.csv", sweep_rows, args.realtime, first_column="mbps")
     with open(out / "frames.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("trace", "policy", "frame", "mode", "reason", "arrival_s", "start_s", "done_s", "e2e_ms",

@@ -63,8 +63,10 @@ Model, and why each choice was made:
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -88,6 +90,7 @@ __all__ = [
     "summarize",
     "run_experiment",
     "sweep",
+    "write_summary_csv",
     "split_wins_ranges",
     "expected_fixed_ms",
 ]
@@ -308,6 +311,17 @@ def summarize(trace_name: str, policy: str, records: Sequence[FrameRecord]) -> S
                    float(np.percentile(e2e, 95)), float(nbytes.mean()), share, len(served),
                    len(served) / span if span > 0 else math.inf, float(np.percentile(service, 50)),
                    float(np.percentile(service, 95)))
+
+
+def write_summary_csv(path: Path, summaries: Sequence[Summary], realtime: bool = False,
+                      first_column: str = "trace") -> None:
+    """``summary.csv`` (or, with ``first_column="mbps"``, ``sweep.csv``): :attr:`Summary.CSV_COLUMNS`, and the
+    real-time ones with ``realtime``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow((first_column,) + Summary.CSV_COLUMNS[1:] + (Summary.REALTIME_COLUMNS if realtime else ()))
+        w.writerows(s.csv_row(realtime) for s in summaries)
 
 
 def run_experiment(

@@ -48,9 +48,8 @@ def mode_table(costs: ModeCosts) -> dict[str, tuple[float, int, float]]:
     """(device s, payload bytes, edge s) per mode."""
     return {
         "local": (costs.t_full_device_ms / 1e3, 0, 0.0),
-        "split": (costs.t_head_device_ms / 1e3, int(costs.bytes_split), costs.t_tail_edge_ms / 1e3),
-        "offload": (costs.t_jpeg_encode_ms / 1e3, int(costs.bytes_jpeg),
-                    (costs.t_jpeg_decode_edge_ms + costs.t_full_edge_ms) / 1e3),
+        "split": (costs.t_head_device_ms / 1e3, int(costs.bytes_split), costs.edge_ms("split") / 1e3),
+        "offload": (costs.t_jpeg_encode_ms / 1e3, int(costs.bytes_jpeg), costs.edge_ms("offload") / 1e3),
     }
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .traces import ArrayLike, ConstantTrace, PiecewiseTrace, Trace, TraceError, _RateTrace
 
-__all__ = ["MahimahiTrace", "PensieveTrace", "CsvTrace", "load_trace"]
+__all__ = ["MahimahiTrace", "PensieveTrace", "CsvTrace", "load_trace", "trace_files_in", "load_trace_file"]
 
 MAHIMAHI_PACKET_BYTES = 1500
 _UNITS = {"bps": 1.0, "kbps": 1e3, "Mbps": 1e6}
@@ -349,3 +349,15 @@ _LOADERS = {
     "pensieve": PensieveTrace,
     "csv": _csv,
 }
+
+
+def trace_files_in(folder: Path) -> list[Path]:
+    """The trace files under ``folder``, sorted by path: mahimahi ``*.down`` files are left out (traces here
+    are uplinks) and so are hidden files and folders, so a README or a ``.git`` beside the traces is no trace."""
+    return sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix != ".down"
+                  and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+
+
+def load_trace_file(path: Path) -> Trace:
+    """One file of :func:`trace_files_in`: ``*.up`` as mahimahi, any other by its shape."""
+    return load_trace(f"mahimahi:{path}" if path.suffix == ".up" else str(path))
