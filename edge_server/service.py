@@ -1,11 +1,16 @@
-"""The gRPC servicer: validation at the door, compute off the event loop, limits on what a client can hold.
+"""The gRPC servicer: validation at the door, compute in the scheduler, limits on what a client can hold.
 
-Model compute runs in a single worker thread: torch already uses every core for one frame,
-and one worker keeps frames in order. The asyncio loop stays free for health checks and
-`Describe` while a frame computes. A link probe (``Frame.probe``) is answered as soon as it is
-read, with nothing computed, so the device times its uplink and not this server. Results keep
-stream order, so a probe read behind a frame still computing would wait for it; the device
-probes only with nothing of its own in flight.
+A stream reads frames ahead of its results: up to ``max_stream_in_flight`` of its frames are
+in flight at once, so a device can keep the edge busy across the network's round trip, and
+frames from every stream meet in :class:`edge_server.scheduler.BatchScheduler`, which batches
+them per model on a pool of workers. Batches finish in any order; each stream answers in the
+order it read, so a frame's ``Result.queue_ms`` is its whole wait on the edge: in the
+scheduler's queue and behind its own stream's earlier frames (its arrival to its answer, less
+``server_ms``, the compute of the batch it was in). The asyncio loop stays free for health
+checks and `Describe` while frames compute. A link probe (``Frame.probe``) is answered as soon
+as it is read, with nothing computed, but in stream order: it never overtakes the results of
+its stream's earlier frames (the device probes with nothing of its own in flight, and then
+times its uplink, not this server).
 
 What a client can make the server hold is bounded:
 
@@ -13,13 +18,14 @@ What a client can make the server hold is bounded:
   parse is an ``INVALID_ARGUMENT`` result for that frame (its ``frame_id`` read as far as the
   bytes allow) and the stream goes on; every parsed frame is checked by
   :func:`edge_server.validation.check_payload` before it is queued.
-* A stream reads its next frame only once the previous result is written, so it holds at most
-  one frame, and a client that sends and never reads is held back by HTTP/2 flow control
-  (the results it does not read fill its window; then the server stops reading from it).
+* A stream reads its next frame only while fewer than ``max_stream_in_flight`` of its frames are
+  unanswered, so a client that sends and never reads is held back by HTTP/2 flow control (the
+  results it does not read fill its window; then the server stops reading from it).
 * ``max_streams`` streams at once and ``max_in_flight`` frames queued or computing, server-wide;
   beyond them ``RESOURCE_EXHAUSTED``, naming the limit (a whole stream; one frame).
-* A stream that sends nothing for ``stream_idle_s`` is closed (``UNAVAILABLE``), as is every
-  stream once the server drains (after the frame it is computing).
+* A stream that sends nothing for ``stream_idle_s`` with nothing in flight is closed
+  (``UNAVAILABLE``); once the server drains every stream stops reading and ends after answering
+  the frames it holds.
 
 An unexpected failure is ``INTERNAL`` with a reference into the server's log, never the
 exception's text.
@@ -31,7 +37,7 @@ import asyncio
 import logging
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass
 from typing import AsyncIterator
 
@@ -45,6 +51,7 @@ from split.detections import detection_rows
 from edge_server.auth import OPEN, Grant, TokenTable
 from edge_server.metrics import Metrics, log_event
 from edge_server.registry import ModelRegistry
+from edge_server.scheduler import BatchOptions, BatchScheduler
 from edge_server.validation import ModelLimits, check_payload, frame_id_of
 
 __all__ = ["Limits", "SplitEdgeServicer", "VERSION"]
@@ -60,6 +67,7 @@ class Limits:
     max_streams: int = 64
     max_in_flight: int = 32
     stream_idle_s: float = 300.0
+    max_stream_in_flight: int = 4  # a stream's frames read and not yet answered
 
 
 def _detections(out: Outputs, family: str) -> list[pb.Detection]:
@@ -74,6 +82,80 @@ def _detection(box: list[float] | None, label: int, score: float) -> pb.Detectio
     return pb.Detection(x1=x1, y1=y1, x2=x2, y2=y2, label=label, score=score)
 
 
+@dataclass
+class _Pending:
+    """A frame read from a stream and not yet answered. ``kind``: "frame" (computed: its queue_ms
+    and metrics are set when it is answered), "probe", or "error" (its result is final)."""
+
+    arrived: float
+    result: asyncio.Future  # of a pb.Result; done at once for probes and refused frames
+    model: str
+    kind: str
+
+
+class _Window:
+    """One stream reading ahead of its results: at most ``max_stream_in_flight`` frames read and not
+    yet answered, answered in the order read.
+
+    :meth:`step` waits for whichever comes first (the next request, the oldest frame's result, the
+    server draining, ``stream_idle_s`` with nothing in flight) and returns the bytes of a request
+    it read, else None. Once reading has ended (``ended`` says why) the frames held are still answered."""
+
+    def __init__(self, requests: AsyncIterator[bytes], draining: asyncio.Event, limits: Limits) -> None:
+        self._reader = requests.__aiter__()
+        self._drain = asyncio.ensure_future(draining.wait())
+        self._read: asyncio.Future | None = None
+        self._pending: deque[_Pending] = deque()
+        self._bound, self._idle_s = limits.max_stream_in_flight, limits.stream_idle_s
+        self._quiet_since = time.monotonic()
+        self.ended = ""  # why reading stopped: "client closed", "draining" or "idle"
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.ended) and not self._pending
+
+    def add(self, pending: _Pending) -> None:
+        self._pending.append(pending)
+
+    def pop_answered(self) -> _Pending | None:
+        """The oldest frame, if its result is ready (a later frame's never goes first)."""
+        if not self._pending or not self._pending[0].result.done():
+            return None
+        self._quiet_since = time.monotonic()
+        return self._pending.popleft()
+
+    async def step(self) -> bytes | None:
+        if not self.ended and self._drain.done():
+            self.ended = "draining"
+        if self.finished:
+            return None
+        if not self.ended and self._read is None and len(self._pending) < self._bound:
+            self._read = asyncio.ensure_future(self._reader.__anext__())
+            self._read.add_done_callback(_retrieve)  # a read left behind (idle, draining, cancelled) ends quietly
+        waits = set() if self.ended else {f for f in (self._read, self._drain) if f is not None}
+        if self._pending:
+            waits.add(self._pending[0].result)
+        idle_left = None if self._pending else self._quiet_since + self._idle_s - time.monotonic()
+        done, _ = await asyncio.wait(waits, timeout=idle_left, return_when=asyncio.FIRST_COMPLETED)
+        if self._read is not None and self._read in done:
+            raw, self._read = _read_result(self._read), None
+            self._quiet_since = time.monotonic()
+            if raw is None:
+                self.ended = "client closed"
+            return raw
+        if not done and not self._pending:
+            self.ended = "idle"
+        return None
+
+    def close(self) -> None:
+        """The call is over: stop reading, and drop the frames still queued (their client is gone)."""
+        self._drain.cancel()
+        if self._read is not None and not self._read.done():
+            self._read.cancel()
+        for pending in self._pending:
+            pending.result.cancel()
+
+
 class _Refused(Exception):
     """A frame that gets an error result: its code and the message naming why."""
 
@@ -84,14 +166,15 @@ class _Refused(Exception):
 
 class SplitEdgeServicer:
     def __init__(self, registry: ModelRegistry, max_message_bytes: int, limits: Limits = Limits(),
-                 tokens: TokenTable | None = None, metrics: Metrics | None = None) -> None:
+                 tokens: TokenTable | None = None, metrics: Metrics | None = None,
+                 batching: BatchOptions = BatchOptions()) -> None:
         self.registry = registry
         self.max_message_bytes = max_message_bytes
         self.limits = limits
         self.tokens = tokens
         self.metrics = metrics or Metrics()
         self._model_limits = {s.model.name: ModelLimits.of(s.model) for s in registry}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splitedge-compute")
+        self.scheduler = BatchScheduler(batching, self.metrics)
         self._streams = 0
         self._in_flight = 0
         self._draining = asyncio.Event()
@@ -133,24 +216,22 @@ class SplitEdgeServicer:
         self._streams += 1
         self.metrics.streams.set(self._streams)
         log_event("stream_open", **client, streams=self._streams)
-        frames, why = 0, "cancelled"
+        window = _Window(request_iterator, self._draining, self.limits)
+        frames = 0
         try:
-            reader = request_iterator.__aiter__()
-            while True:
-                raw, end = await self._next(reader)
-                if raw is None:
-                    why = end
-                    break
-                frames += 1
-                yield await self._answer(raw, grant, client)
-                if self._draining.is_set():
-                    why = "draining"
-                    break
+            while not window.finished:
+                while (answered := window.pop_answered()) is not None:
+                    yield self._deliver(answered)
+                raw = await window.step()
+                if raw is not None:
+                    frames += 1
+                    window.add(self._submit(raw, grant, client))
         finally:
+            window.close()
             self._streams -= 1
             self.metrics.streams.set(self._streams)
-            log_event("stream_close", **client, frames=frames, reason=why)
-        if why == "idle":
+            log_event("stream_close", **client, frames=frames, reason=window.ended or "cancelled")
+        if window.ended == "idle":
             await context.abort(Code.UNAVAILABLE, f"no frame for {self.limits.stream_idle_s:g} s: stream closed")
 
     # -- draining ----------------------------------------------------------------------------
@@ -163,7 +244,7 @@ class SplitEdgeServicer:
         return self._draining.is_set()
 
     async def drain(self, timeout_s: float) -> bool:
-        """Refuse new calls, end every stream after its current frame, wait for frames in flight.
+        """Refuse new calls, end every stream after the frames it holds, wait for frames in flight.
         True when all were answered within ``timeout_s``."""
         self._draining.set()
         try:
@@ -173,7 +254,7 @@ class SplitEdgeServicer:
             return False
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.close()
 
     # -- steps -------------------------------------------------------------------------------
     async def _admit(self, context: grpc.aio.ServicerContext) -> Grant:
@@ -192,46 +273,38 @@ class SplitEdgeServicer:
         log_event("call_refused", logging.WARNING, client=context.peer(), code=code.name, error=message)
         await context.abort(code, message)
 
-    async def _next(self, reader) -> tuple[bytes | None, str]:
-        """The next request's bytes, or None and why not (the client closed, the server drains, idle)."""
-        read = asyncio.ensure_future(reader.__anext__())
-        read.add_done_callback(_retrieve)  # a read left behind (idle, draining, call cancelled) ends quietly
-        drain = asyncio.ensure_future(self._draining.wait())
-        try:
-            done, _ = await asyncio.wait({read, drain}, timeout=self.limits.stream_idle_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            drain.cancel()
-            if not read.done():
-                read.cancel()
-        if read in done:
-            try:
-                return read.result(), ""
-            except StopAsyncIteration:
-                return None, "client closed"
-        return None, "draining" if self._draining.is_set() else "idle"
-
-    async def _answer(self, raw: bytes, grant: Grant, client: dict) -> pb.Result:
+    def _submit(self, raw: bytes, grant: Grant, client: dict) -> _Pending:
+        """Parse, check and admit one frame (on the loop, at once); its compute goes to the scheduler."""
         arrived = time.perf_counter()
         try:
             frame = pb.Frame.FromString(raw)
         except Exception:  # protobuf's DecodeError; any parse failure is the same to us
-            return self._error(frame_id_of(raw), "", Code.INVALID_ARGUMENT,
-                               f"a {len(raw)}-byte message that does not parse as a splitedge.v1.Frame", client)
+            error = self._error(frame_id_of(raw), "", Code.INVALID_ARGUMENT,
+                                f"a {len(raw)}-byte message that does not parse as a splitedge.v1.Frame", client)
+            return _Pending(arrived, _done(error), "", "error")
         # A client's name for a model is a metrics label only if it is a served model's: labels must stay bounded.
         frame_id, model = frame.frame_id, frame.payload.model if frame.payload.model in self.registry.names else ""
+        if frame.probe and not frame.HasField("payload"):  # a link probe: answered at once, nothing computed
+            return _Pending(arrived, _done(pb.Result(frame_id=frame_id, code=0)), model, "probe")
         try:
-            if frame.probe and not frame.HasField("payload"):  # a link probe: answered at once, nothing computed
-                return pb.Result(frame_id=frame_id, code=0, queue_ms=(time.perf_counter() - arrived) * 1e3)
             served = self._admit_frame(frame, grant)
-            model = served.model.name
-            out, ms = await self._compute(served, frame.payload)
         except _Refused as exc:
-            return self._error(frame_id, model, exc.code, str(exc), client)
-        queue_ms = max((time.perf_counter() - arrived) * 1e3 - ms, 0.0)
-        self.metrics.frame(model, "OK", queue_ms / 1e3, ms / 1e3)
-        return pb.Result(frame_id=frame_id, code=0, server_ms=ms, queue_ms=queue_ms,
-                         detections=_detections(out, served.model.family))
+            return _Pending(arrived, _done(self._error(frame_id, model, exc.code, str(exc), client)), model, "error")
+        self._hold()
+        task = asyncio.ensure_future(self._compute(served, frame, client))
+        task.add_done_callback(self._release)  # also when cancelled before it ran
+        return _Pending(arrived, task, served.model.name, "frame")
+
+    def _deliver(self, pending: _Pending) -> pb.Result:
+        """The answer to a frame at the head of its stream: its wait measured now, as it leaves."""
+        result = pending.result.result()
+        waited_ms = (time.perf_counter() - pending.arrived) * 1e3
+        if pending.kind == "probe":
+            result.queue_ms = waited_ms
+        elif pending.kind == "frame" and result.code == 0:
+            result.queue_ms = max(waited_ms - result.server_ms, 0.0)
+            self.metrics.frame(pending.model, "OK", result.queue_ms / 1e3, result.server_ms / 1e3)
+        return result
 
     def _admit_frame(self, frame: pb.Frame, grant: Grant):
         """The served model for this frame, once the frame is known to fit it; else _Refused."""
@@ -252,23 +325,30 @@ class SplitEdgeServicer:
                                                     "frames in flight (max_in_flight); retry later")
         return served
 
-    async def _compute(self, served, payload: pb.Payload) -> tuple[Outputs, float]:
+    async def _compute(self, served, frame: pb.Frame, client: dict) -> pb.Result:
+        name = served.model.name
+        try:
+            out, ms = await self.scheduler.run(served, frame.payload)
+            detections = _detections(out, served.model.family)
+        except PayloadMismatch as exc:
+            return self._error(frame.frame_id, name, Code.INVALID_ARGUMENT, str(exc), client)
+        except Exception:  # a frame must never take the stream or the server down, nor tell what broke inside
+            ref = uuid.uuid4().hex[:12]
+            log.exception("internal error ref=%s model=%s", ref, name)
+            return self._error(frame.frame_id, name, Code.INTERNAL, f"internal error (server log reference {ref})",
+                               client)
+        return pb.Result(frame_id=frame.frame_id, code=0, server_ms=ms, detections=detections)
+
+    def _hold(self) -> None:
         self._in_flight += 1
         self._idle.clear()
         self.metrics.in_flight.set(self._in_flight)
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, served.run, payload)
-        except PayloadMismatch as exc:
-            raise _Refused(Code.INVALID_ARGUMENT, str(exc)) from None
-        except Exception:  # a frame must never take the stream or the server down, nor tell what broke inside
-            ref = uuid.uuid4().hex[:12]
-            log.exception("internal error ref=%s model=%s", ref, served.model.name)
-            raise _Refused(Code.INTERNAL, f"internal error (server log reference {ref})") from None
-        finally:
-            self._in_flight -= 1
-            self.metrics.in_flight.set(self._in_flight)
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _release(self, _: asyncio.Future) -> None:
+        self._in_flight -= 1
+        self.metrics.in_flight.set(self._in_flight)
+        if self._in_flight == 0:
+            self._idle.set()
 
     def _error(self, frame_id: int, model: str, code: grpc.StatusCode, message: str, client: dict) -> pb.Result:
         self.metrics.frame(model, code.name)
@@ -279,3 +359,17 @@ class SplitEdgeServicer:
 def _retrieve(task: asyncio.Future) -> None:
     if not task.cancelled():
         task.exception()
+
+
+def _read_result(read: asyncio.Future) -> bytes | None:
+    """A finished read's bytes; None when the client closed its side."""
+    try:
+        return read.result()
+    except StopAsyncIteration:
+        return None
+
+
+def _done(result: pb.Result) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future

@@ -41,7 +41,8 @@ class ModelLimits:
     """What a served model accepts, read once from the model: its transform, split point and codec.
 
     ``fixed_size`` / ``min_size`` / ``max_size`` / ``size_divisible`` are torchvision's
-    ``GeneralizedRCNNTransform`` (eval mode: the last ``min_size``); a classifier's transform is
+    ``GeneralizedRCNNTransform`` (eval mode: the last ``min_size``); the TF-ported SSDLite's
+    transform resizes every image to one square ``size``, unpadded; a classifier's transform is
     a resize then a centre crop, so every image is ``crop`` x ``crop``.
     """
 
@@ -64,6 +65,8 @@ class ModelLimits:
         if model.family == "classifier":
             return cls(**common, crop=int(model.adapter.crop_size))
         t = model.adapter.model.transform
+        if not hasattr(t, "min_size"):  # one square size, no padding: split.models.SSDLiteTF's TFTransform
+            return cls(**common, fixed_size=(int(t.size), int(t.size)))
         fixed = (int(t.fixed_size[0]), int(t.fixed_size[1])) if t.fixed_size is not None else None
         return cls(**common, fixed_size=fixed, min_size=int(t.min_size[-1]), max_size=int(t.max_size),
                    size_divisible=int(t.size_divisible))

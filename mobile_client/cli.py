@@ -9,7 +9,7 @@ from functools import partial
 
 from tqdm import tqdm
 
-from split.cli_util import add_auto_switches, add_mode_choice, fail, parse_accuracy, parse_modes
+from split.cli_util import add_auto_switches, add_edge_load_switch, add_mode_choice, fail, parse_accuracy, parse_modes
 from split.labels import label_names
 from split.recipes import build, default_recipe, get_recipe
 from split.weights import WeightsError
@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=10.0, help="--realtime with a file or video: its capture rate")
     add_auto_switches(p, "auto mode", "while a remote frame's result is awaited, run the frame on the device too "
                                       "and take whichever finishes first (default: on)")
+    add_edge_load_switch(p, "auto mode")
     return p
 
 
@@ -96,7 +97,8 @@ def main(command: str, argv: list[str]) -> int:
             return _fail(str(exc))
         controller = Controller(costs, modes=modes, accuracy=accuracy, min_accuracy=args.min_accuracy,
                                 hysteresis=args.hysteresis, probe_interval_s=args.probe_interval,
-                                hedge=args.hedge, link_probes=args.link_probes)
+                                hedge=args.hedge, link_probes=args.link_probes,
+                                edge_load=args.edge_load_feedback)
     else:
         controller = Controller(ModeCosts(0, 0, 0, 0, 0, 0, 0), modes=(args.mode,))
     try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from .decision import Decision
 from .costs import (MODES, REMOTE_MODES, ComputeRatios, ModeCosts, first_mode, neutral_rtt, payload_bytes,
                     predict_latencies, rtt_probe_mode, winnable)
-from .estimators import LinkEstimator, TransferLog
+from .estimators import EdgeLoad, LinkEstimator, TransferLog
 from .probes import ProbeScheduler
 from .stalls import DEADLINE_FACTOR, DEADLINE_SLACK, Deadlines, ServerBackoff, StallTracker
 
@@ -42,13 +42,12 @@ class _View:
 class Controller:
     """Chooses a mode per frame from measured costs and the link as seen so far.
 
-    ``accuracy`` maps a mode to its accuracy (any scale consistent with ``min_accuracy``); omitted modes count 1.0.
-    """
+    ``accuracy`` maps a mode to its accuracy (any scale consistent with ``min_accuracy``); omitted modes count 1.0."""
 
     def __init__(self, costs: ModeCosts, *, modes: tuple[str, ...] = MODES, accuracy: Mapping[str, float] | None = None,
                  min_accuracy: float = 0.0, hysteresis: float = 0.15, probe_interval_s: float = 5.0,
                  estimator: LinkEstimator | None = None, backoff_initial_s: float = 0.5, backoff_max_s: float = 8.0,
-                 backoff_jitter: float = 0.25,
+                 backoff_jitter: float = 0.25, edge_load: bool = True,
                  adapt_compute: bool = True, compute_window: int = 9, deadline_factor: float | None = DEADLINE_FACTOR,
                  deadline_slack: float = DEADLINE_SLACK, hedge: bool = True, link_probes: bool = True) -> None:
         modes = tuple(modes)
@@ -77,7 +76,7 @@ class Controller:
         self._current: str | None = None
         self._held_against: str | None = None  # the better-predicted mode hysteresis is holding off, and since when
         self._held_since = 0.0
-        self._measured = ComputeRatios(compute_window)
+        self._measured, self._load = ComputeRatios(compute_window), EdgeLoad(enabled=edge_load)  # docs: "Edge load"
 
     @property
     def mode(self) -> str | None:
@@ -121,7 +120,7 @@ class Controller:
         return self._local_probe_or(view, best, reason, remote, stalled)
 
     def _view(self, now_s: float) -> _View:
-        costs = self.effective_costs()
+        costs = self._load.apply(self.effective_costs(), now_s)
         bps, rtt = self.estimator.bandwidth_bps(), self.estimator.rtt_s()
         rtt_or_0 = rtt if rtt is not None else 0.0
         raw = predict_latencies(costs, bps if bps is not None else math.nan, rtt_or_0)
@@ -319,8 +318,9 @@ class Controller:
         return self._deadlines.budget_s(predicted_ms, local_ms)
 
     # ------------------------------------------------------------ observation
-    def observe(self, mode: str, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
-        """Report a finished remote frame: payload bytes, send-to-result time, and the server's own time."""
+    def observe(self, mode: str, nbytes: int, total_s: float, server_s: float, now_s: float,
+                compute_s: float = 0.0) -> None:
+        """Report a finished remote frame: bytes, send-to-result time, the edge's time (queue + compute), compute."""
         if mode not in REMOTE_MODES:
             raise ValueError(f"observe() is for remote modes {REMOTE_MODES}; use observe_local() for {mode!r}")
         if self._stalls.stalled and mode in self.modes:  # a probe came back in time: the steady mode is the one that
@@ -330,20 +330,19 @@ class Controller:
         if math.isfinite(total_s) and math.isfinite(server_s) and nbytes >= 0:
             self._transfers.observe(nbytes, max(0.0, total_s - server_s), now_s, self.estimator)
         self.estimator.observe_transfer(nbytes, total_s, server_s, now_s)
-        self._measured.edge(server_s, self.costs.edge_ms(mode))
+        self._measured.edge(self._load.observe(server_s, compute_s, now_s), self.costs.edge_ms(mode))
 
     def missed(self, mode: str, nbytes: int, waited_s: float, now_s: float) -> None:
         """Report a remote frame given up on (deadline passed, or its hedged local run won), ``waited_s`` after it
         was sent. News about the link, not a server failure: the estimator gets a bound, the steady mode becomes
-        local, and until a remote frame comes back in time remote modes are used only as probes.
-        """
+        local, and until a remote frame comes back in time remote modes are used only as probes."""
         if mode not in REMOTE_MODES:
             raise ValueError(f"missed() is for remote modes {REMOTE_MODES}, got {mode!r}")
         self._stalls.missed(now_s)
         self._current, self._held_against = "local", None
         observe_unfinished = getattr(self.estimator, "observe_unfinished", None)
         if observe_unfinished is not None and math.isfinite(waited_s):
-            observe_unfinished(nbytes, waited_s, self.effective_costs().edge_ms(mode) / 1000.0, now_s)
+            observe_unfinished(nbytes, waited_s, self._load.edge_s(self.effective_costs(), mode, now_s), now_s)
 
     def observe_late(self, mode: str, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
         """Report the late result of a frame given up on: not a bandwidth sample (its time includes the stall);
@@ -352,6 +351,7 @@ class Controller:
             raise ValueError(f"observe_late() is for remote modes {REMOTE_MODES}, got {mode!r}")
         self._backoff.delivered()
         self._stalls.late(nbytes, total_s - server_s, now_s, self.effective_costs().t_full_device_ms / 1000.0)
+        self._load.observe_late(server_s, self.effective_costs().edge_ms(mode) / 1000.0, now_s)
 
     def observe_probe(self, nbytes: int, total_s: float, server_s: float, now_s: float) -> None:
         """Report a link probe's answer: a bandwidth sample like a remote frame's, and the newest news about the

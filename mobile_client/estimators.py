@@ -62,9 +62,11 @@ from collections import deque
 from statistics import median
 from typing import TypeVar
 
+from .edge_load import EdgeLoad  # the edge's queue, the one estimate here not of the link (its own module)
+
 _T = TypeVar("_T")
 
-__all__ = ["BandwidthEstimator", "RttEstimator", "LinkEstimator", "TransferLog", "RTT_FIT_SIZE_RATIO",
+__all__ = ["BandwidthEstimator", "RttEstimator", "LinkEstimator", "TransferLog", "EdgeLoad", "RTT_FIT_SIZE_RATIO",
            "sizes_tell_rtt"]
 
 # Two payloads must differ at least this much in size for their times to separate RTT from serialization.

@@ -205,7 +205,7 @@ class Session:
         out = self.io.remote(frame_id, frame, mode, encoded, decision.deadline_s, decision.hedge)
         if out.kind == "result":
             self._collect()  # late results that arrived while waiting came first
-            self.controller.observe(mode, nbytes, out.seconds, out.server_s, out.at_s)
+            self.controller.observe(mode, nbytes, out.seconds, out.server_s, out.at_s, out.compute_s)
             served.network_s, served.server_s, served.outputs = out.network_s, out.compute_s, out.outputs
             if out.code != 0:
                 served.error = out.error

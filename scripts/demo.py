@@ -102,8 +102,13 @@ def main() -> int:
                 return proc.returncode
             records += [json.loads(line) for line in out.read_text().splitlines()]
     finally:
-        server.terminate()
-        server.wait(20)
+        server.terminate()  # SIGTERM: the server drains (up to its --drain-s) and exits 0
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            print("demo: the server did not stop within 60 s of SIGTERM; killing it", file=sys.stderr)
+            server.kill()
+            server.wait()
     print()
     print(format_summary(summary_rows(records)))
     by_mode = {m: [r for r in records if r["mode"] == m] for m in ("local", "split", "offload")}

@@ -1,6 +1,7 @@
 """Channel simulation for splitedge: bandwidth traces, link models, a user-space
-link emulator (a shaping TCP proxy), and the fast simulator (``experiment``: the
-device's own session driver and controller on a virtual clock, ``sim_io.SimIO``).
+link emulator (a shaping TCP proxy), the fast simulator (``experiment``: the
+device's own session driver and controller on a virtual clock, ``sim_io.SimIO``), and
+a fleet of such devices on one batching edge (``fleet``, ``edge_queue``).
 
 Nothing in the live client or server imports this package; it drives them
 from outside, so a simulated figure and a live run use the same link model and

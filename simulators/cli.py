@@ -3,8 +3,9 @@
 The top-level dispatcher (in ``split``) calls :func:`main` with the
 subcommand name and its arguments, so this package is never imported by the
 layers below it.  Each subcommand is one entry in ``COMMANDS``: ``emulate``
-(the shaping TCP proxy) and ``simulate`` (the socket-free experiment runner
-of :mod:`simulators.experiment`, with its figures from :mod:`simulators.plots`).
+(the shaping TCP proxy), ``simulate`` (the socket-free experiment runner
+of :mod:`simulators.experiment`, with its figures from :mod:`simulators.plots`) and ``fleet``
+(many devices on one edge, :mod:`simulators.fleet`, command line in :mod:`simulators.fleet_cli`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Callable, NoReturn
 
 import numpy as np
 
-from split.cli_util import add_auto_switches, add_mode_choice, fail, parse_accuracy, parse_modes
+from split.cli_util import add_auto_switches, add_edge_load_switch, add_mode_choice, fail, parse_accuracy, parse_modes
 
 # The policy names, repeated here so that `splitedge emulate` does not import the
 # experiment runner (and, through the controller's package, torch) just to start.
@@ -112,6 +113,7 @@ def _simulate(argv: list[str]) -> int:
     add_auto_switches(parser, "auto", "run each remote frame locally too while its result is awaited and take "
                                       "whichever finishes first (default: on; the fixed policies and the oracle "
                                       "never hedge)")
+    add_edge_load_switch(parser, "auto")
     parser.add_argument("--realtime", action="store_true",
                         help="a live camera: the device takes the newest frame and skips stale ones (default: every "
                              "frame, as for files and videos); summary.csv then also has served, served_fps and "
@@ -177,7 +179,8 @@ def _simulate_setup(args: argparse.Namespace):
                        jitter_ms=args.jitter_ms, loss=args.loss, seed=args.seed, realtime=args.realtime,
                        controller_factory=lambda c: Controller(c, modes=modes, accuracy=accuracy,
                                                                min_accuracy=args.min_accuracy, hedge=args.hedge,
-                                                               link_probes=args.link_probes))
+                                                               link_probes=args.link_probes,
+                                                               edge_load=args.edge_load_feedback))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -321,9 +324,16 @@ def _print_table(summaries, policies: list[str]) -> None:
         print(line)
 
 
+def _fleet(argv: list[str]) -> int:
+    from .fleet_cli import fleet_main  # its own module: the sweep, its figure and the knee
+
+    return fleet_main(argv)
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "emulate": _emulate,
     "simulate": _simulate,
+    "fleet": _fleet,
 }
 
 

@@ -1,4 +1,4 @@
-"""Figures of ``splitedge simulate``: the bandwidth sweep and per-trace latency CDFs.
+"""Figures of ``splitedge simulate`` (the bandwidth sweep and per-trace latency CDFs) and ``splitedge fleet``.
 
 matplotlib is imported inside the functions, on the Agg backend, so that
 importing :mod:`simulators` costs nothing and plotting works on a headless
@@ -16,6 +16,9 @@ Choices, and why:
   distribution into the left edge). Past :data:`CDF_PANELS_PER_FIGURE`
   traces the grid continues in ``cdf_2.png``, ``cdf_3.png``, ... so every
   panel stays readable.
+* **Fleet**: median e2e against the number of devices on one edge, log x (1 to 1000 devices), one
+  line with the edge-load feedback and one without, the "twice the N = 1 median" level dashed and
+  each knee marked: where the shared edge stops paying is the figure's message.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from .experiment import Summary
 
-__all__ = ["plot_sweep", "plot_cdfs", "CDF_PANELS_PER_FIGURE"]
+__all__ = ["plot_sweep", "plot_cdfs", "plot_fleet", "CDF_PANELS_PER_FIGURE"]
 
 CDF_PANELS_PER_FIGURE = 30
 # Fixed colours per policy, so the same policy looks the same in every figure.
@@ -139,3 +142,41 @@ def plot_cdfs(e2e_ms: Mapping[tuple[str, str], np.ndarray], traces: Sequence[str
         plt.close(fig)
         written.append(out)
     return written
+
+
+def plot_fleet(rows: Sequence, knees: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    """Median e2e against N (log x), one line per feedback setting, the 2x level and the knees marked.
+
+    ``rows`` are :class:`simulators.fleet.FleetRow`, ``knees`` what :func:`simulators.fleet.knee` returns.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.2), constrained_layout=True)
+    colors = {True: "#d62728", False: "#7f7f7f"}
+    for fb in (True, False):
+        pts = sorted((r.devices, r.median_e2e_ms) for r in rows if r.feedback == fb)
+        if not pts:
+            continue
+        x, y = zip(*pts)
+        ax.plot(x, y, "-" if fb else "--", marker="o", color=colors[fb],
+                label="edge-load feedback on" if fb else "feedback off (controller as before)")
+    for k in knees:
+        fb = k["feedback"]
+        ax.axhline(k["target_median_e2e_ms"], color=colors[fb], linestyle=":", linewidth=0.9, alpha=0.7)
+        if k.get("knee_devices") is not None:
+            ax.axvline(k["knee_devices"], color=colors[fb], linestyle=":", linewidth=1.2)
+            ax.annotate(f" knee {'on' if fb else 'off'}: N ≈ {k['knee_devices']:g}",
+                        xy=(k["knee_devices"], 0.04 + 0.07 * fb), xycoords=("data", "axes fraction"), fontsize=9,
+                        color=colors[fb], ha="left")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("devices sharing one edge (N)")
+    ax.set_ylabel("median end-to-end latency (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    ax.set_title(title or "Median latency against fleet size (dotted: twice the N = 1 median)", fontsize=9)
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

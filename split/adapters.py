@@ -84,21 +84,35 @@ def _top_k(logits: Tensor, k: int) -> Outputs:
 
 class _DetectorFinish(nn.Module):
     """What every detector finisher shares: the image list its heads expect, and the map back
-    from the resized frame to original pixels (the model's own `transform.postprocess`)."""
+    from the resized frame to original pixels (the model's own `transform.postprocess`).
+
+    `forward` is one frame (what the tail exports); `forward_batch` is frames of one padded
+    size stacked on dim 0 (what the edge's scheduler runs): one frame is a batch of one, so
+    both take the same path. Each family says only its `detections` step."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.transform = model.transform
 
+    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
+                original_size: Size) -> Outputs:
+        return self.forward_batch(taps, x, batch_size, [image_size], [original_size])[0]
+
+    def forward_batch(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_sizes: list[Size],
+                      original_sizes: list[Size]) -> list[Outputs]:
+        images = self._image_list(x, batch_size, image_sizes)
+        detections = self.detections(taps, images)
+        return self.transform.postprocess(detections, images.image_sizes, list(original_sizes))
+
+    def detections(self, taps: dict[str, Tensor], images: ImageList) -> list[Outputs]:
+        raise NotImplementedError
+
     @staticmethod
-    def _image_list(x: Tensor, batch_size: Size, image_size: Size) -> ImageList:
+    def _image_list(x: Tensor, batch_size: Size, image_sizes: list[Size]) -> ImageList:
         # Anchor generators read only the padded batch's shape, dtype and device: a
         # zero-stride view stands for the image batch without allocating it.
-        ghost = torch.zeros((), dtype=x.dtype, device=x.device).expand(1, 3, *batch_size)
-        return ImageList(ghost, [image_size])
-
-    def _postprocess(self, detections: list[Outputs], images: ImageList, original_size: Size) -> Outputs:
-        return self.transform.postprocess(detections, images.image_sizes, [original_size])[0]
+        ghost = torch.zeros((), dtype=x.dtype, device=x.device).expand(len(image_sizes), 3, *batch_size)
+        return ImageList(ghost, list(image_sizes))
 
 
 class RcnnFinish(_DetectorFinish):
@@ -108,13 +122,11 @@ class RcnnFinish(_DetectorFinish):
         super().__init__(model)
         self.fpn, self.rpn, self.roi_heads = model.backbone.fpn, model.rpn, model.roi_heads
 
-    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
-                original_size: Size) -> Outputs:
-        images = self._image_list(x, batch_size, image_size)
+    def detections(self, taps: dict[str, Tensor], images: ImageList) -> list[Outputs]:
         features = self.fpn(taps)
         proposals, _ = self.rpn(images, features)
         detections, _ = self.roi_heads(features, proposals, images.image_sizes)
-        return self._postprocess(detections, images, original_size)
+        return detections
 
 
 class DenseFinish(_DetectorFinish):
@@ -125,9 +137,7 @@ class DenseFinish(_DetectorFinish):
         self.fpn, self.head, self.anchor_generator = model.backbone.fpn, model.head, model.anchor_generator
         self._detect = model.postprocess_detections  # parameter-free: a bound method, not a registered module
 
-    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
-                original_size: Size) -> Outputs:
-        images = self._image_list(x, batch_size, image_size)
+    def detections(self, taps: dict[str, Tensor], images: ImageList) -> list[Outputs]:
         features = list(self.fpn(taps).values())
         head_outputs = self.head(features)
         anchors = self.anchor_generator(images, features)
@@ -136,8 +146,7 @@ class DenseFinish(_DetectorFinish):
         per_level = [n * per_location for n in locations]
         split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
-        detections = self._detect(split_outputs, split_anchors, images.image_sizes)
-        return self._postprocess(detections, images, original_size)
+        return self._detect(split_outputs, split_anchors, images.image_sizes)
 
 
 class SsdFinish(_DetectorFinish):
@@ -149,14 +158,11 @@ class SsdFinish(_DetectorFinish):
         self.head, self.anchor_generator = model.head, model.anchor_generator
         self._detect = model.postprocess_detections  # parameter-free: a bound method, not a registered module
 
-    def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
-                original_size: Size) -> Outputs:
-        images = self._image_list(x, batch_size, image_size)
+    def detections(self, taps: dict[str, Tensor], images: ImageList) -> list[Outputs]:
         features = list(taps.values())
         head_outputs = self.head(features)
         anchors = self.anchor_generator(images, features)
-        detections = self._detect(head_outputs, anchors, images.image_sizes)
-        return self._postprocess(detections, images, original_size)
+        return self._detect(head_outputs, anchors, images.image_sizes)
 
 
 class ClassifierFinish(nn.Module):
@@ -169,6 +175,10 @@ class ClassifierFinish(nn.Module):
     def forward(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_size: Size,
                 original_size: Size) -> Outputs:
         return _top_k(x, self.topk)
+
+    def forward_batch(self, taps: dict[str, Tensor], x: Tensor, batch_size: Size, image_sizes: list[Size],
+                      original_sizes: list[Size]) -> list[Outputs]:
+        return [_top_k(x[i : i + 1], self.topk) for i in range(x.shape[0])]
 
 
 class Adapter:
@@ -210,6 +220,11 @@ class Adapter:
         """The original model on an image already resized by `resize` (offload)."""
         raise NotImplementedError
 
+    def full_on_resized_batch(self, resized: list[Tensor], original_sizes: list[Size]) -> list[Outputs]:
+        """`full_on_resized` of several images of one size in one call of the model (the edge's
+        batches): equal sizes pad alike, so each output equals the one-image call's."""
+        return [self.full_on_resized(r, o) for r, o in zip(resized, original_sizes)]
+
 
 class _DetectorAdapter(Adapter):
     family = "detector"
@@ -226,8 +241,14 @@ class _DetectorAdapter(Adapter):
         return self.model([image])[0]
 
     def full_on_resized(self, resized: Tensor, original_size: Size) -> Outputs:
-        out = dict(self.model([resized])[0])
-        size = _size(resized.shape)
+        return self.full_on_resized_batch([resized], [original_size])[0]
+
+    def full_on_resized_batch(self, resized: list[Tensor], original_sizes: list[Size]) -> list[Outputs]:
+        return [self._to_original(dict(out), _size(image.shape), original)
+                for out, image, original in zip(self.model(list(resized)), resized, original_sizes)]
+
+    @staticmethod
+    def _to_original(out: Outputs, size: Size, original_size: Size) -> Outputs:
         out["boxes"] = resize_boxes(out["boxes"], size, original_size)
         if "keypoints" in out:
             out["keypoints"] = resize_keypoints(out["keypoints"], size, original_size)
@@ -358,6 +379,10 @@ class ClassifierAdapter(Adapter):
 
     def full_on_resized(self, resized: Tensor, original_size: Size) -> Outputs:
         return _top_k(self.model(self._normalize(resized)), self.topk)
+
+    def full_on_resized_batch(self, resized: list[Tensor], original_sizes: list[Size]) -> list[Outputs]:
+        logits = self.model(torch.cat([self._normalize(r) for r in resized]))
+        return [_top_k(logits[i : i + 1], self.topk) for i in range(len(resized))]
 
 
 def adapter_class(model: nn.Module) -> type[Adapter]:

@@ -17,8 +17,11 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -105,6 +108,15 @@ class Tail(nn.Module):
         x = self.chain(x, taps)
         return self.finisher(taps, x, batch_size, image_size, original_size)
 
+    def forward_batch(self, z: Tensor, split_size: Size, batch_size: Size, image_sizes: list[Size],
+                      original_sizes: list[Size]) -> list[Outputs]:
+        """`forward` of frames stacked on dim 0 that share the padded sizes (their original and
+        resized sizes may differ); one output per frame, each equal to its own `forward`'s."""
+        x = self.decoder(z)[..., : split_size[0], : split_size[1]]
+        taps: dict[str, Tensor] = {self.split_tap: x} if self.split_tap is not None else {}
+        x = self.chain(x, taps)
+        return self.finisher.forward_batch(taps, x, batch_size, image_sizes, original_sizes)
+
 
 def _size_msg(hw: Size | torch.Size) -> pb.Size:
     return pb.Size(height=int(hw[0]), width=int(hw[1]))
@@ -121,6 +133,23 @@ def _to_message(enc: EncodedTensor) -> pb.Tensor:
 
 def _from_message(t: pb.Tensor) -> EncodedTensor:
     return EncodedTensor(t.codec, t.dtype, tuple(int(d) for d in t.shape), t.data, t.scale, t.zero_point)
+
+
+@dataclass
+class _Decoded:
+    """One payload, checked against the model and decoded: the wire tensor (or offload image)
+    and the sizes that travel with it. Frames with equal `key`s stack into one batch."""
+
+    tensor: Tensor  # [1, C, h, w] for the tail; [3, H, W] for the full model
+    jpeg: bool
+    split_size: Size
+    batch_size: Size
+    image_size: Size
+    original_size: Size
+
+    @property
+    def key(self) -> Hashable:
+        return self.jpeg, tuple(self.tensor.shape), self.split_size, self.batch_size
 
 
 class SplitModel:
@@ -152,6 +181,7 @@ class SplitModel:
         self._jpeg = JpegCodec()
         # Split size per padded batch size, measured; per model (it dies with it) and bounded.
         self._split_sizes: OrderedDict[Size, Size] = OrderedDict()
+        self._split_sizes_lock = threading.Lock()  # the edge decodes on several worker threads
 
     def _bottleneck(self, bottleneck: Bottleneck | int | None) -> Bottleneck | None:
         if isinstance(bottleneck, int):
@@ -227,6 +257,49 @@ class SplitModel:
 
     @torch.inference_mode()
     def decode_message(self, msg: pb.Payload) -> Outputs:
+        """The outputs for one parsed payload: the tail on its tensor, or for a JPEG the full model."""
+        d = self._checked(msg)
+        if d.jpeg:
+            return self.adapter.full_on_resized(d.tensor, d.original_size)
+        return self.tail(d.tensor, d.split_size, d.batch_size, d.image_size, d.original_size)
+
+    @torch.inference_mode()
+    def decode_batch(self, msgs: Sequence[pb.Payload]) -> list[Outputs]:
+        """`decode_message` of each payload, in order, with frames of one size run as one batch.
+
+        Frames group by `batch_key` (kind, tensor shape and padded size: what must match to
+        stack without padding anything the one-frame path does not pad); each output equals the
+        one-frame call's to float tolerance. One payload that does not fit raises
+        PayloadMismatch for the call (the edge then decodes that batch one by one)."""
+        decoded = [self._checked(m) for m in msgs]
+        groups: dict[Hashable, list[int]] = {}
+        for i, d in enumerate(decoded):
+            groups.setdefault(d.key, []).append(i)
+        out: list[Outputs | None] = [None] * len(decoded)
+        for members in groups.values():
+            for i, o in zip(members, self._run_group([decoded[i] for i in members])):
+                out[i] = o
+        return out  # type: ignore[return-value]  (every index is in one group)
+
+    @staticmethod
+    def batch_key(msg: pb.Payload) -> Hashable:
+        """What a payload's frame must share with others to be batched with them, read from its
+        (validated) fields before decoding: the scheduler groups by it, `decode_batch` by the same."""
+        t = msg.tensor
+        jpeg = t.codec == "jpeg"
+        shape = (3, *_hw(msg.image_size)) if jpeg else tuple(int(d) for d in t.shape)
+        return jpeg, shape, (0, 0) if jpeg else _hw(msg.split_size), _hw(msg.batch_size)
+
+    def _run_group(self, group: list[_Decoded]) -> list[Outputs]:
+        first = group[0]
+        if first.jpeg:
+            return self.adapter.full_on_resized_batch([d.tensor for d in group], [d.original_size for d in group])
+        z = torch.cat([d.tensor for d in group]) if len(group) > 1 else first.tensor
+        return self.tail.forward_batch(z, first.split_size, first.batch_size, [d.image_size for d in group],
+                                       [d.original_size for d in group])
+
+    def _checked(self, msg: pb.Payload) -> _Decoded:
+        """The payload checked against this model (PayloadMismatch naming the field) and decoded."""
         if msg.model and self.name and msg.model != self.name:
             raise PayloadMismatch(f"payload is for model {msg.model!r}, this is {self.name!r}")
         original, image_size, batch = _hw(msg.original_size), _hw(msg.image_size), _hw(msg.batch_size)
@@ -238,7 +311,7 @@ class SplitModel:
             if msg.split_point:
                 raise PayloadMismatch(f"a jpeg payload is a whole image; it must not name split point {msg.split_point!r}")
             image = self._decode_tensor(self._jpeg, enc)
-            return self.adapter.full_on_resized(image, original)
+            return _Decoded(image, True, (0, 0), batch, image_size, original)
         if msg.split_point != self.at:
             raise PayloadMismatch(f"payload was cut at {msg.split_point or '(none)'!r}, this model splits at {self.at!r}")
         if enc.codec != self.codec.name:
@@ -254,8 +327,7 @@ class SplitModel:
         expected = (1, self.wire_channels, *self._wire_size(split_size))
         if tuple(enc.shape) != expected:
             raise PayloadMismatch(f"tensor shape {list(enc.shape)}, model {self.name or self.at!r} expects {list(expected)}")
-        z = self._decode_tensor(self.codec, enc)
-        return self.tail(z, split_size, batch, image_size, original)
+        return _Decoded(self._decode_tensor(self.codec, enc), False, split_size, batch, image_size, original)
 
     def __call__(self, images: list[Tensor]) -> list[Outputs]:
         return [self.decode(p) for p in self.encode(images)]
@@ -293,15 +365,18 @@ class SplitModel:
         `_SPLIT_SIZES` most recent sizes: a client sending many sizes cannot grow it, and a
         model no longer used is not kept alive by it.
         """
-        size = self._split_sizes.get(batch)
-        if size is None:
-            with torch.inference_mode():
-                x = self.head.chain(torch.zeros(1, 3, *batch))
-            size = self._split_sizes[batch] = (int(x.shape[-2]), int(x.shape[-1]))
+        with self._split_sizes_lock:
+            size = self._split_sizes.get(batch)
+            if size is not None:
+                self._split_sizes.move_to_end(batch)
+                return size
+        with torch.inference_mode():
+            x = self.head.chain(torch.zeros(1, 3, *batch))
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        with self._split_sizes_lock:
+            self._split_sizes[batch] = size
             if len(self._split_sizes) > _SPLIT_SIZES:
                 self._split_sizes.popitem(last=False)
-        else:
-            self._split_sizes.move_to_end(batch)
         return size
 
     def describe(self) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["LINK_PROBES_HELP", "add_auto_switches", "fail", "parse_modes", "parse_accuracy", "add_mode_choice"]
+__all__ = ["LINK_PROBES_HELP", "EDGE_LOAD_HELP", "add_auto_switches", "add_edge_load_switch", "fail", "parse_modes",
+           "parse_accuracy", "add_mode_choice"]
 
 LINK_PROBES_HELP = ("measure an unused link with filler-byte probes sent beside local frames, which "
                     "the server answers at once (default: on; off: with hedged remote frames)")
@@ -33,6 +34,18 @@ def add_auto_switches(parser: argparse.ArgumentParser, scope: str, hedge_help: s
                         help=f"{scope}: {hedge_help}")
     parser.add_argument("--link-probes", action=argparse.BooleanOptionalAction, default=True,
                         help=f"{scope}: {LINK_PROBES_HELP}")
+
+
+EDGE_LOAD_HELP = ("add the queueing the edge's results report (queue_ms) to the remote modes' predicted cost, so a "
+                  "device shifts to local as a shared edge saturates (mobile_client/edge_load.py); with one device "
+                  "and no queue it changes nothing")
+
+
+def add_edge_load_switch(parser: argparse.ArgumentParser, scope: str, default: bool | None = True,
+                         help_: str = EDGE_LOAD_HELP) -> None:
+    """Add ``--edge-load-feedback`` / ``--no-edge-load-feedback`` (``default`` None: the command decides)."""
+    parser.add_argument("--edge-load-feedback", action=argparse.BooleanOptionalAction, default=default,
+                        help=f"{scope}: {help_}" + (" (default: on)" if default else ""))
 
 
 def add_mode_choice(parser: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profile": ("split.cli", "measure model latencies on this machine into a JSON profile"),
     "simulate": ("simulators.cli", "trace-driven simulation of local/split/offload/auto policies"),
     "emulate": ("simulators.cli", "user-space link emulator: a shaping TCP proxy"),
+    "fleet": ("simulators.cli", "N devices on one edge: e2e against N, its knee with/without edge-load feedback"),
 }
 
 

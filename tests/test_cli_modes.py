@@ -32,7 +32,7 @@ def test_auto_uses_only_the_allowed_or_accurate_enough_modes(tmp_path):
     assert "offload" not in _auto_modes(tmp_path, "--modes", "local,split")
     # The shipped eval: original mAP 0.051, split 0.056, JPEG q90 0.052; at 0.055 only split qualifies, and a
     # frame served locally is the fallback of a remote one (a hedge or a deadline), never a choice.
-    assert _auto_modes(tmp_path, "--accuracy", str(ROOT / "results" / "detector" / "eval.json"),
+    assert _auto_modes(tmp_path, "--accuracy", str(ROOT / "results" / "detector-fasterrcnn" / "eval.json"),
                        "--min-accuracy", "0.055") <= {"split", "local"}
 
 
@@ -41,4 +41,4 @@ def test_bad_mode_flags_are_one_line_errors(tmp_path):
         parse_modes("local,fast")
     with pytest.raises(ValueError, match="--accuracy"):
         parse_accuracy("local=high")
-    assert parse_accuracy(str(ROOT / "results" / "detector" / "eval.json"))["split"] == pytest.approx(0.0564, abs=1e-4)
+    assert parse_accuracy(str(ROOT / "results" / "detector-fasterrcnn" / "eval.json"))["split"] == pytest.approx(0.0564, abs=1e-4)

@@ -121,7 +121,8 @@ def test_several_checkpoints_make_a_curve_and_the_prefilter_hook_reports(tmp_pat
     assert len(sizes) == 2 and sizes[0] < sizes[1]
     assert [e["bottleneck"]["channels"] for e in result["curve"]] == [2, 4]
     assert result["split"] == result["curve"][0]
-    assert set(result["prefilter"]) == {"recall", "precision", "drop_rate"}
+    assert set(result["prefilter"]) == {"recall", "precision", "drop_rate", "auc", "positive", "labels"}
+    assert result["prefilter"]["labels"] == "teacher, score >= 0.5"  # no annotations: the original's outputs
     assert result["prefilter"]["drop_rate"] == 1.0
     assert result["split"]["top1_agreement"] is not None and result["split"]["payload_bytes_median"] > 0
 

@@ -223,6 +223,49 @@ def test_extra_dirs_add_unlabeled_training_images_and_a_bad_one_is_named(tmp_pat
         Distiller(bad, progress=False, log=lambda s: None)
 
 
+def test_hold_out_extra_keeps_each_folders_share_out_of_training(tmp_path):
+    from split.train.data import train_val_split
+
+    extra = make_images(tmp_path / "unlabeled", n=8, seed=1)
+    cfg = load_config(write_config(tmp_path, data={"extra_dirs": [str(extra)], "hold_out_extra": True}))
+    distiller = Distiller(cfg, progress=False, log=lambda s: None)
+    files = sorted(extra.iterdir())
+    _, held = train_val_split([f.name for f in files], 0.34, 0)  # the config's rule, on the extra folder
+    assert len(held) == 3
+    used = {f.resolve() for f in distiller.train_files}
+    assert not used & {files[i].resolve() for i in held}
+    assert len(distiller.train_files) == len(distiller.train_set) + 8 - 3
+
+
+def test_split_point_of_the_config_travels_in_the_checkpoint(tmp_path):
+    # The recipe cuts mobilenet_v2 at features.6; this bottleneck sits at features.3 (24 channels).
+    cfg = load_config(write_config(tmp_path, split_point="features.3", train={"epochs": 1, "freeze_through": "features.1"}))
+    train(cfg, progress=False, log=lambda s: None)
+    ckpt = torch.load(cfg.output, weights_only=True)
+    assert ckpt["split_point"] == "features.3"
+    sm, _ = build("mobilenet_v2", checkpoint=cfg.output)
+    assert sm.at == "features.3" and sm.bottleneck.in_channels == 24
+    image = torch.rand(3, 64, 64)
+    assert sm.decode(sm.encode([image])[0])["logits"].shape[-1] == 1000  # a payload cut there decodes
+    bad = load_config(write_config(tmp_path, split_point="features.99"))
+    with pytest.raises(ConfigError, match=r"split_point: .*features\.99"):
+        Distiller(bad, progress=False, log=lambda s: None)
+
+
+def test_normalize_stages_divides_each_stage_by_the_teachers_variance(tmp_path):
+    stages = ["features.6", "features.10"]
+    cfg = load_config(write_config(tmp_path, train={"epochs": 2, "loss": "ghnd", "ghnd_stages": stages,
+                                                      "normalize_stages": True}))
+    d = Distiller(cfg, progress=False, log=lambda s: None)
+    result = d.run()
+    assert set(d.stage_scale) == set(stages) and all(v > 0 for v in d.stage_scale.values())
+    out = {s: torch.zeros(2, 3) for s in stages}
+    _, parts = d.loss(out, {s: torch.full((2, 3), 2.0) for s in stages})
+    for s in stages:  # MSE 4 over each stage's own variance
+        assert parts[s] == pytest.approx(4.0 / d.stage_scale[s], rel=1e-5)
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+
+
 def test_a_checkpoint_from_before_a_new_config_key_still_resumes(tmp_path):
     first = load_config(write_config(tmp_path, train={"epochs": 1}))
     train(first, progress=False, log=lambda s: None)

@@ -114,6 +114,7 @@ class TFTransform(nn.Module):
     def __init__(self, size: int = SIZE) -> None:
         super().__init__()
         self.size = size
+        self.fixed_size = (size, size)  # as torchvision's SSD transform says it: training crops use it
 
     def _resized_255(self, image: Tensor) -> Tensor:
         """The image at size x size in 0..255 (a frame already that size is not resampled)."""

@@ -61,8 +61,11 @@ def _eval(argv: list[str]) -> int:
     p.add_argument("--images", help="image folder (default with --config: its data.dir)")
     p.add_argument("--annotations", metavar="COCO.json", help="COCO annotations: detectors get map/map50")
     p.add_argument("--labels", metavar="prefix|FILE.csv", help="classifier labels (default with --config: its data.labels)")
-    p.add_argument("--val-only", action="store_true", help="only the images --config's training held out")
-    p.add_argument("--config", metavar="FILE.yaml", help="training recipe whose data split --val-only uses")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--val-only", action="store_true", help="only the images --config's training held out")
+    part.add_argument("--train-only", action="store_true",
+                      help="only the images --config's training used: the part to choose checkpoints on")
+    p.add_argument("--config", metavar="FILE.yaml", help="training recipe whose data split --val-only/--train-only use")
     p.add_argument("--json", required=True, metavar="OUT.json")
     p.add_argument("--plot", metavar="OUT.png")
     p.add_argument("--qualities", default="50,75,90", help="JPEG qualities of the offload baseline")
@@ -89,14 +92,16 @@ def _eval(argv: list[str]) -> int:
         return 2
     try:
         cfg = load_config(args.config) if args.config else None
-        if args.val_only and cfg is None:
-            raise ConfigError("--val-only needs --config (the training recipe that held the images out)")
+        if (args.val_only or args.train_only) and cfg is None:
+            raise ConfigError(f"{'--val-only' if args.val_only else '--train-only'} needs --config "
+                              "(the training recipe that held the images out)")
         images = args.images or (cfg.data.dir if cfg else None)
         if not images:
             raise ConfigError("--images is required (or --config with data.dir)")
         labels = args.labels or (cfg.data.labels if cfg and not args.annotations else None)
         result = evaluate(args.model, images, args.checkpoint, weights=args.weights, annotations=args.annotations,
-                          labels=labels, val_only=(cfg.data.val_fraction, cfg.data.seed) if args.val_only and cfg else None,
+                          labels=labels, val_only=(cfg.data.val_fraction, cfg.data.seed) if (args.val_only or args.train_only) and cfg else None,
+                          part="train" if args.train_only else "val",
                           qualities=qualities, limit=args.limit, progress=not args.no_progress,
                           bootstrap=args.bootstrap)
     except (ConfigError, DataError, ImageError, WeightsError) as exc:
@@ -124,7 +129,7 @@ def _prefilter(argv: list[str]) -> int:
 
     from split.labels import coco_category
     from split.recipes import build, default_recipe
-    from split.train.prefilter import labels_from_coco, labels_from_teacher, train_prefilter
+    from split.train.prefilter import heldout_report, labels_from_coco, labels_from_teacher, train_prefilter
     from split.weights import WeightsError, load_checkpoint
 
     p = argparse.ArgumentParser(prog="splitedge prefilter",
@@ -132,17 +137,20 @@ def _prefilter(argv: list[str]) -> int:
     p.add_argument("--model", default=default_recipe().name)
     p.add_argument("--checkpoint", help="start from this checkpoint (its head, bottleneck, model)")
     p.add_argument("--weights")
-    p.add_argument("--images", required=True, help="folder of training images")
+    p.add_argument("--images", required=True, action="append", metavar="DIR",
+                   help="folder of training images (repeat for several: e.g. COCO scenes and ImageNet samples)")
     p.add_argument("--annotations", help="COCO json for labels; without it the teacher's detections are the labels")
-    p.add_argument("--teacher-score", type=float, default=0.5)
+    p.add_argument("--teacher-score", type=float, default=0.5,
+                   help="a frame is positive when the original model finds a target class at this score or more")
     p.add_argument("--classes", help="comma-separated target COCO categories, names or ids (default: all)")
     p.add_argument("--target-recall", type=float, default=0.9)
-    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("--val-fraction", type=float, default=0.25,
+                   help="share of the training images that chooses the epoch and the threshold")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", metavar="FILE.yaml",
-                   help="train only on the images this training recipe trained on (its held-out part stays "
-                        "unseen, for `splitedge eval --val-only`)")
+                   help="train only on the images this training recipe trained on, in every folder; its held-out "
+                        "part stays unseen and is where the report's `heldout` figures are measured")
     p.add_argument("--out", required=True, metavar="CKPT.pt")
     args = p.parse_args(argv)
 
@@ -150,22 +158,32 @@ def _prefilter(argv: list[str]) -> int:
         print(f"splitedge prefilter: error: {msg}", file=sys.stderr)
         return 2
 
-    folder = Path(args.images)
-    if not folder.is_dir():
-        return fail(f"cannot read images {str(folder)!r}: not a directory")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    files: list[Path] = []
+    heldout: list[Path] = []
+    cfg = None
     if args.config:
         from split.train.config import ConfigError, load_config
-        from split.train.data import train_val_split
 
         try:
             cfg = load_config(args.config)
         except (ConfigError, OSError) as exc:
             return fail(str(exc))
-        train_idx, _ = train_val_split([f.name for f in files], cfg.data.val_fraction, cfg.data.seed)
-        files = [files[i] for i in train_idx]
+    for name in args.images:
+        folder = Path(name)
+        if not folder.is_dir():
+            return fail(f"cannot read images {str(folder)!r}: not a directory")
+        found = sorted(f for f in folder.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        if cfg is not None:
+            from split.train.data import train_val_split
+
+            train_idx, val_idx = train_val_split([f.name for f in found], cfg.data.val_fraction, cfg.data.seed)
+            heldout += [found[i] for i in val_idx]
+            found = [found[i] for i in train_idx]
+        files += found
+    if args.annotations and len(args.images) > 1:
+        return fail("--annotations labels one folder; with several --images the teacher's detections are the labels")
     if len(files) < 8:
-        return fail(f"{folder} has {len(files)} images; the prefilter needs at least 8")
+        return fail(f"{', '.join(args.images)} hold {len(files)} training images; the prefilter needs at least 8")
     try:
         classes = [coco_category(c) for c in args.classes.split(",")] if args.classes else None
         model, source = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
@@ -174,20 +192,31 @@ def _prefilter(argv: list[str]) -> int:
         return fail(f"--classes {args.classes!r}: {exc}")
     except (KeyError, WeightsError) as exc:
         return fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
+    model.prefilter = None  # a checkpoint that holds one already: the teacher's labels come from the model
     print(f"prefilter on {model.name}: weights {source}", file=sys.stderr)
     if args.annotations:
         labels = labels_from_coco(args.annotations, files, target_classes=classes)
+        label_source = {"source": "annotations", "file": args.annotations}
     else:
         labels = labels_from_teacher(model, files, score=args.teacher_score, target_classes=classes)
+        label_source = {"source": "teacher", "score": args.teacher_score}
     if len(set(labels)) < 2:
         return fail(f"all {len(labels)} images have label {labels[0]}: the prefilter needs frames with and without objects")
     prefilter, report = train_prefilter(model, files, labels, val_fraction=args.val_fraction, epochs=args.epochs,
                                         seed=args.seed, target_recall=args.target_recall, target_classes=classes)
+    summary = {k: v for k, v in report.items() if isinstance(v, (int, float, type(None)))}
+    summary["images"] = args.images
+    summary["labels"] = label_source
+    if heldout and not args.annotations:
+        summary["heldout"] = heldout_report(model, prefilter, heldout, score=args.teacher_score, target_classes=classes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({**base, "recipe": model.name, "prefilter": prefilter.state_dict(),
-                "prefilter_report": {k: v for k, v in report.items() if isinstance(v, (int, float, type(None)))}}, args.out)
+    torch.save({**base, "recipe": model.name, "prefilter": prefilter.state_dict(), "prefilter_report": summary},
+               args.out)
     keys = ("recall", "precision", "drop_rate", "threshold", "auc")
-    print(json.dumps({k: report.get(k) for k in keys}), f"-> {args.out}")
+    line = {k: report.get(k) for k in keys}
+    if "heldout" in summary:
+        line["heldout"] = summary["heldout"]
+    print(json.dumps(line), f"-> {args.out}")
     return 0
 
 

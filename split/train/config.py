@@ -13,9 +13,11 @@ Layout (every section optional except `recipe` and `data.dir`):
 recipe: mobilenet_v2          # a name from `splitedge models`
 weights: IMAGENET1K_V1        # torchvision weights enum of the teacher (null: the recipe's shipped
                               # network, or its default weights when cached; else random init)
+split_point: features.6       # null: the recipe's; the checkpoint carries it
 output: checkpoints/x.pt      # where the checkpoint goes (written after every epoch)
 data:   {dir: ..., labels: prefix|FILE.csv|null, val_fraction: 0.2, seed: 0,
-         extra_dirs: [...]}   # unlabeled folders, all for training: distillation needs no labels
+         extra_dirs: [...],   # unlabeled folders for training: distillation needs no labels
+         hold_out_extra: false}  # true: hold out their share too, by the same rule
 bottleneck: {channels: 128, hidden: 64, downsample: 2, kind: block}   # kind: conv | gdn | block
 train:
   epochs: 10
@@ -26,6 +28,7 @@ train:
   loss: ghnd                  # hnd: MSE at the split point; ghnd: sum of MSEs at ghnd_stages
   ghnd_stages: [features.6, features.10, features.13, features.17]
   kd_weight: 0.0              # + kd_weight * KL(teacher || student) on classifier logits
+  normalize_stages: false     # each stage's MSE over the teacher's variance there
   trainable_head: true        # train a copy of the layers before the split point too
   freeze_through: features.3  # ...except these first ones (their outputs are cached)
   augment_repeats: 8          # augmented samples per training image (cached once)
@@ -64,6 +67,9 @@ class DataConfig:
     # More images for the student to match the teacher on (every one trains; none is held out), so
     # a detector fine-tuned on a few dozen labeled frames can be distilled on hundreds more.
     extra_dirs: list[str] = field(default_factory=list)
+    # Hold out each extra folder's share by the same rule (val_fraction, seed, on its sorted names),
+    # so that `eval --val-only` on that folder sees only images no training step used.
+    hold_out_extra: bool = False
 
 
 @dataclass
@@ -84,6 +90,9 @@ class TrainConfig:
     loss: str = "hnd"
     ghnd_stages: list[str] = field(default_factory=list)
     kd_weight: float = 0.0
+    # Divide each GHND stage's MSE by the teacher's variance there: stages whose values are ten
+    # times larger (a linear bottleneck block's output against a ReLU6 one) otherwise own the loss.
+    normalize_stages: bool = False
     trainable_head: bool = True
     freeze_through: str | None = None
     augment_repeats: int = 4
@@ -99,6 +108,9 @@ class TrainConfig:
 class DistillConfig:
     recipe: str = ""
     weights: str | None = None
+    # Where to cut (a stage name of `splitedge stages`); null: the recipe's own split point. The
+    # checkpoint carries it, so one recipe name serves bottlenecks at several points.
+    split_point: str | None = None
     output: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     bottleneck: BottleneckConfig = field(default_factory=BottleneckConfig)

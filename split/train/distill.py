@@ -11,7 +11,10 @@ the original.
 - **GHND** (generalized HND, Matsubara & Levorato): the sum of MSEs at several stages at and
   after the split point. The student's later stages *are* the teacher's frozen ones, fed by
   the decoded features, so errors that the tail amplifies are penalized where they matter.
-  Optionally `kd_weight` x KL(teacher || student) on a classifier's logits.
+  Optionally `kd_weight` x KL(teacher || student) on a classifier's logits. With
+  `normalize_stages` each stage's MSE is divided by the teacher's variance there: in the
+  pedestrian SSDLite the split point's values are ~50 x the later stages' in energy, and the
+  plain sum trained as if it were HND (see configs/ssdlite_person_*.yaml).
 
 Why a teacher cache (`split.train.teacher_cache`): on this CPU the frozen teacher costs more
 per step than the student, so it runs once per augmented sample and epochs read its outputs.
@@ -104,8 +107,13 @@ class Distiller:
         self.model = recipe_sm.model.eval()  # the teacher: the original network, frozen below
         torch.manual_seed(t.seed)
         b = cfg.bottleneck
-        self.bottleneck = Bottleneck(recipe_sm.split_channels, b.channels, b.hidden, b.downsample, b.kind)
-        self.student = SplitModel(self.model, recipe_sm.at, self.bottleneck, codec=recipe_sm.codec,
+        at = cfg.split_point or recipe_sm.at
+        try:
+            channels = SplitModel(self.model, at, None, codec=recipe_sm.codec).split_channels
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"{cfg.source}: split_point: {exc}") from None
+        self.bottleneck = Bottleneck(channels, b.channels, b.hidden, b.downsample, b.kind)
+        self.student = SplitModel(self.model, at, self.bottleneck, codec=recipe_sm.codec,
                                   name=recipe_sm.name, own_head=t.trainable_head)
         self.model.requires_grad_(False)
         self.teacher_stages = self.student.adapter.stages()
@@ -118,6 +126,7 @@ class Distiller:
         self.params = [q for q in list(self.trainable_head.parameters()) + list(self.bottleneck.parameters())
                        if q.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=t.lr)
+        self.stage_scale: dict[str, float] = {}  # loss stage -> divisor (normalize_stages)
         self._load_data()
 
     # -- data and caches ------------------------------------------------------------------------
@@ -133,9 +142,13 @@ class Distiller:
         self.train_files = list(self.train_set.files)
         for extra in d.extra_dirs:
             try:
-                self.train_files += LabeledImages.from_folder(extra).files
+                files = LabeledImages.from_folder(extra).files
             except DataError as exc:
                 raise DataError(f"{self.cfg.source}: data.extra_dirs: {exc}") from None
+            if d.hold_out_extra:
+                keep, _ = train_val_split([f.name for f in files], d.val_fraction, d.seed)
+                files = [files[i] for i in keep]
+            self.train_files += files
 
     def _teacher_fn(self, with_logits: bool) -> Callable[[Tensor], dict[str, Tensor]]:
         p = self.plan
@@ -234,8 +247,18 @@ class Distiller:
             out[LOGITS] = x
         return out
 
+    def _stage_scales(self, cache: TeacherCache, max_samples: int = 512) -> None:
+        """Each loss stage's teacher variance (on a strided subsample of the cache), for
+        `normalize_stages`: the loss becomes a sum of relative MSEs, each stage weighing alike."""
+        step = max(1, cache.n // max_samples)
+        for s in self.plan.loss_stages:
+            x = np.asarray(cache.arrays[s][::step], dtype=np.float32)
+            self.stage_scale[s] = max(float(x.var()), 1e-12)
+        self.log("normalize_stages: teacher variance " + ", ".join(f"{k} {v:.3g}" for k, v in self.stage_scale.items()))
+
     def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        parts = {s: F.mse_loss(out[s], batch[s].float()) for s in self.plan.loss_stages}
+        scale = self.stage_scale
+        parts = {s: F.mse_loss(out[s], batch[s].float()) / scale.get(s, 1.0) for s in self.plan.loss_stages}
         total = sum(parts.values())
         if self.plan.kd:
             kl = F.kl_div(out[LOGITS].log_softmax(-1), batch[LOGITS].float().log_softmax(-1),
@@ -307,6 +330,7 @@ class Distiller:
             "recipe": self.cfg.recipe,
             "bottleneck": self.bottleneck.state_dict(),
             "bottleneck_spec": self.bottleneck.spec(),
+            "split_point": self.student.at,
             "config": self.cfg.to_dict(),
             "epoch": epoch,
             "optimizer": self.optimizer.state_dict(),
@@ -334,16 +358,18 @@ class Distiller:
             raise WeightsError(f"{path} was not written by `splitedge train` for {self.cfg.recipe!r}; cannot resume")
         mine = self.cfg.to_dict()
         defaults = DistillConfig().to_dict()  # keys added since the checkpoint was written take their defaults
-        for section in ("weights", "data", "bottleneck"):
+        for section in ("weights", "split_point", "data", "bottleneck"):
             theirs = saved.get(section)
             if isinstance(theirs, dict):
                 theirs = {**defaults[section], **theirs}
             if theirs != mine.get(section):
                 raise WeightsError(f"cannot resume {path}: its {section} {theirs} differs from "
                                    f"{self.cfg.source}'s {mine.get(section)}")
-        for key in ("trainable_head", "freeze_through", "seed", "augment_repeats", "loss", "ghnd_stages"):
-            if saved["train"].get(key) != mine["train"].get(key):
-                raise WeightsError(f"cannot resume {path}: train.{key} was {saved['train'].get(key)!r}, "
+        for key in ("trainable_head", "freeze_through", "seed", "augment_repeats", "loss", "ghnd_stages",
+                    "normalize_stages"):
+            was = saved["train"].get(key, defaults["train"][key])  # a key added since: its default
+            if was != mine["train"].get(key):
+                raise WeightsError(f"cannot resume {path}: train.{key} was {was!r}, "
                                    f"{self.cfg.source} says {mine['train'].get(key)!r}")
         self.bottleneck.load_state_dict(ckpt["bottleneck"])
         if "head" in ckpt:
@@ -368,6 +394,8 @@ class Distiller:
         began = time.monotonic()
         train_cache, val_cache = self._caches()
         cache_s = time.monotonic() - began
+        if t.normalize_stages:
+            self._stage_scales(train_cache)
         if start == 0 and t.pca_init:
             self._pca_init(train_cache)
         if start == 0 and val_cache is not None:

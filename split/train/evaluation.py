@@ -20,8 +20,9 @@ fine-tuned on a class subset, e.g. person only, is scored on those classes only)
 measures what the split loses without needing labels.
 
 `prefilter`: when the (first) checkpoint holds a "prefilter" state, its recall/precision/drop
-rate on these images (labels from the COCO annotations when given, else from the original
-model's detections); otherwise null. The split's accuracy
+rate and ROC-AUC on these images, against the labels it was trained on: the original model's
+detections at the score `splitedge prefilter` recorded (or when there are no annotations), else
+the COCO annotations; otherwise null. The split's accuracy
 is measured on every frame, the prefilter switched off, so the two figures stay separate.
 
 JSON layout (documented in issue 3, item 4; extra keys are additions, never renames):
@@ -32,7 +33,7 @@ JSON layout (documented in issue 3, item 4; extra keys are additions, never rena
  "split": {"payload_bytes_median", <accuracy>, "top1_agreement" | "map_vs_original", "checkpoint", "bottleneck"},
  "curve": [<one "split" entry per checkpoint>],
  "offload": {"q50": {...}, "q75": {...}, "q90": {...}},
- "prefilter": {"recall", "precision", "drop_rate"} | null}
+ "prefilter": {"recall", "precision", "drop_rate", "auc", "positive", "labels"} | null}
 ```
 With `--bootstrap N`, detector split/offload entries also hold `map_ratio_ci95`: [lo, hi].
 """
@@ -58,7 +59,7 @@ from split.images import load_image
 from split.prefilter import head_features, load_prefilter
 from split.train.coco import CocoImages, coco_index
 from split.train.data import DataError, LabeledImages, train_val_split
-from split.train.prefilter import labels_from_coco, labels_from_teacher, prefilter_metrics
+from split.train.prefilter import labels_from_coco, labels_from_teacher, prefilter_metrics, roc_auc
 from split.weights import load_checkpoint
 
 __all__ = ["DEFAULT_QUALITIES", "coco_map", "coco_results", "evaluate", "format_summary", "map_ratio_ci",
@@ -204,28 +205,39 @@ def _prefilter_section(checkpoint: str | None, model: SplitModel, data: _Images,
     """The checkpoint's prefilter on these images; null unless it holds a "prefilter" state."""
     if checkpoint is None:
         return None
-    state = load_checkpoint(checkpoint).get("prefilter")
+    ckpt = load_checkpoint(checkpoint)
+    state = ckpt.get("prefilter")
     if state is None:
         return None
     pf = load_prefilter(state, model.split_channels)
-    if data.coco is not None:
-        labels = labels_from_coco(data.coco.annotations, data.coco.image_ids, target_classes=pf.classes)
+    # Scored against what it learned: the teacher's detections when those were its labels
+    # (`splitedge prefilter` without --annotations records the score), else the annotations.
+    trained_on = (ckpt.get("prefilter_report") or {}).get("labels") or {}
+    if trained_on.get("source") == "teacher" or data.coco is None:
+        score = float(trained_on.get("score", 0.5))
+        labels = labels_from_teacher(model, images, score=score, target_classes=pf.classes, progress=False)
+        source = f"teacher, score >= {score:g}"
     else:
-        labels = labels_from_teacher(model, images, target_classes=pf.classes, progress=False)
+        labels = labels_from_coco(data.coco.annotations, data.coco.image_ids, target_classes=pf.classes)
+        source = "annotations"
     feats = [head_features(model, img) for img in images]
     m = prefilter_metrics(pf, feats, labels)
-    return {"recall": m.get("recall"), "precision": m.get("precision"), "drop_rate": m.get("drop_rate")}
+    probs = [float(pf.probability(f).item()) for f in feats]
+    auc = roc_auc(probs, labels)
+    return {"recall": m.get("recall"), "precision": m.get("precision"), "drop_rate": m.get("drop_rate"),
+            "auc": None if auc != auc else auc, "positive": int(sum(labels)), "labels": source}
 
 
 def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] | None = None,
              weights: str | None = None, annotations: str | None = None, labels: str | None = None,
              val_only: tuple[float, int] | None = None, qualities: tuple[int, ...] = DEFAULT_QUALITIES,
-             limit: int | None = None, progress: bool = True, bootstrap: int = 0,
+             limit: int | None = None, progress: bool = True, bootstrap: int = 0, part: str = "val",
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run original, split (one per checkpoint) and JPEG offload on the images; the JSON dict.
 
     `val_only` = (val_fraction, seed) keeps only the held-out part of a training split (the
-    same rule as `splitedge train`, see `split.train.data.train_val_split`). `limit` keeps the first
+    same rule as `splitedge train`, see `split.train.data.train_val_split`); with `part` "train", the
+    part it trained on instead (where checkpoints may be compared). `limit` keeps the first
     N images (after the split), for quick looks. With several checkpoints, "original" and
     "offload" use the first checkpoint's network (they differ only if a checkpoint replaces
     the whole model, e.g. a fine-tuned detector). `bootstrap` = N > 0 adds, for a detector with
@@ -238,8 +250,10 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
     log = log or (lambda s: print(s, file=sys.stderr))
     data = _Images(str(images), annotations, labels)
     if val_only is not None:
-        _, val_idx = train_val_split([f.name for f in data.files], val_only[0], val_only[1])
-        data.keep(val_idx)
+        if part not in ("train", "val"):
+            raise ValueError(f"part must be 'train' or 'val', got {part!r}")
+        train_idx, val_idx = train_val_split([f.name for f in data.files], val_only[0], val_only[1])
+        data.keep(val_idx if part == "val" else train_idx)
     if limit is not None:
         data.keep(list(range(min(limit, len(data.files)))))
     if not data.files:
@@ -296,7 +310,8 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
     result: dict[str, Any] = {
         "model": model, "family": family, "weights": weights, "images": len(data.files),
         "classes": sorted(base.classes.values()) if base.classes is not None else None,
-        "image_dir": str(images), "val_only": val_only is not None,
+        "image_dir": str(images), "val_only": val_only is not None and part == "val",
+        "part": (part if val_only is not None else "all"),
         "checkpoints": [c for c in ckpts if c is not None],
         "original": {"payload_bytes_median": 0, **accuracy(originals, False)},
     }
