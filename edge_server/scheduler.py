@@ -10,7 +10,8 @@ How a batch forms. Frames are grouped by model and by :meth:`split.SplitModel.ba
 path does not pad, so each output equals its one-frame output). Each group is a FIFO queue.
 Whenever a worker is free, the group whose oldest frame has waited longest is dispatched if
 it holds ``batch_size`` frames or its oldest frame has waited ``batch_wait_ms``; it takes up
-to ``batch_size`` frames. So a server whose workers are all busy collects full batches with
+to ``batch_size`` frames, and no more than its share over the idle workers (so that idle
+workers are not left out while one computes a batch that all of them could split). So a server whose workers are all busy collects full batches with
 no added wait, and a quiet one sends a lone frame after at most ``batch_wait_ms``.
 ``batch_size=1`` is no batching: each frame goes alone as soon as a worker is free.
 
@@ -51,13 +52,15 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchOptions", "BatchScheduler", "DEFAULT_BATCH_SIZE", "DEFAULT_BATCH_WAIT_MS", "default_workers"]
 
-# Chosen from results/throughput/curve.json (`python bench/throughput.py --curve --seconds 2`: the default
-# recipe's tail, ssdlite300_mobilenet_v2_person, one torch thread per worker, on the 2-core development
-# machine beside a training job): frames/s 27 at batch 1, 33 at 2, 36 at 4, 39 at 8, then down (33 at 16,
-# 30 at 32). The wait is a small fraction of one frame's compute there (~36 ms alone): a quiet server
-# adds at most 5 ms to a lone frame.
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_BATCH_WAIT_MS = 5.0
+# Chosen from results/throughput/curve.json (`make throughput`'s `bench/throughput.py --curve --seconds 5`:
+# the default recipe's tail, ssdlite300_mobilenet_v2_person, one torch thread per worker, on the quiet 2-core
+# development machine): with 2 workers, frames/s 78 at batch 1, 97 at 2, 105 at 4, 110 at 8, 98 at 16 (one
+# worker: 47, 53, 55, 58, 52): flat from 4, and 4 against 8 is within run-to-run noise (an earlier run gave
+# 104 at 4, 57 at 8), so the smaller batch on the plateau. No wait by default: a frame that finds a worker free goes at once (a
+# 5 ms wait added 5 ms to every frame of a lone device, ~20 % of the tail); batches form from the frames
+# that queued while every worker was busy, which is when batching pays.
+DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_WAIT_MS = 0.0
 
 
 def default_workers() -> int:
@@ -165,7 +168,10 @@ class BatchScheduler:
             group = self._due(now)
             if group is None:
                 break
-            self._start(group, group.take(self.batch_size))
+            # Spread what is queued over the idle workers: one worker with a batch of 4 while another
+            # idles served one client 0.69 x as fast as no batching (results/throughput, before this).
+            free = self.workers - self._busy
+            self._start(group, group.take(min(self.batch_size, -(-len(group.items) // free))))
         self._arm(loop, now)
         self._queued = sum(len(g.items) for g in self._groups.values())
         if self.metrics is not None:

@@ -36,9 +36,10 @@ from .sim_io import PROBE_REPLY_BYTES, mode_table
 __all__ = ["EdgeCurve", "EdgeConfig", "Entry", "SharedEdge", "load_edge_curve", "default_edge_curve",
            "DEFAULT_CURVE_FILE", "DEFAULT_BATCH_SIZE", "DEFAULT_BATCH_WAIT_MS", "EDGE_EVENT", "RESULT_EVENT"]
 
-# edge_server.scheduler's defaults, repeated: the simulators may not import the server (DESIGN.md §2).
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_BATCH_WAIT_MS = 5.0
+# edge_server.scheduler's defaults, repeated: the simulators may not import the server (DESIGN.md §2);
+# tests/test_fleet.py checks that the two agree.
+DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_WAIT_MS = 0.0
 DEFAULT_CURVE_FILE = Path(__file__).resolve().parents[1] / "results" / "throughput" / "curve.json"
 PARTS = {"split": "tail", "offload": "full"}
 EDGE_EVENT, RESULT_EVENT = 0, 1  # at one instant the edge acts first, then answers reach devices

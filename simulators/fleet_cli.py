@@ -20,6 +20,7 @@ from pathlib import Path
 from split.cli_util import add_auto_switches, add_edge_load_switch, fail
 
 from .cli import _OneLineParser, _expand_traces
+from .edge_queue import DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_MS
 
 __all__ = ["fleet_main"]
 
@@ -48,10 +49,11 @@ def _parser() -> argparse.ArgumentParser:
                         '{"batch_ms": {"tail": {...}, "full": {...}}}, or bench/throughput.py --curve\'s curve.json); '
                         "its shape scales the edge profile's one-frame times (default: results/throughput/curve.json "
                         "if present, else no batching gain)")
-    p.add_argument("--batch-size", type=int, default=8,
-                   help="the edge's largest batch (default 8, as `splitedge serve`)")
-    p.add_argument("--batch-wait-ms", type=float, default=5.0,
-                   help="longest a frame waits for others to join its batch (default 5, as `splitedge serve`)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"the edge's largest batch (default {DEFAULT_BATCH_SIZE}, as `splitedge serve`)")
+    p.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS,
+                   help=f"longest a frame waits for others to join its batch (default {DEFAULT_BATCH_WAIT_MS:g}, "
+                        "as `splitedge serve`)")
     p.add_argument("--edge-workers", type=int, default=1, help="batches the edge computes at once (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the devices' trace offsets and camera phases")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")

@@ -230,3 +230,11 @@ def test_the_fleet_is_a_splitedge_command():
     from split.dispatch import COMMANDS
 
     assert COMMANDS["fleet"][0] == "simulators.cli"
+
+
+def test_the_simulated_edge_batches_as_the_server_does_by_default():
+    from edge_server import scheduler
+    from simulators import edge_queue
+
+    assert edge_queue.DEFAULT_BATCH_SIZE == scheduler.DEFAULT_BATCH_SIZE
+    assert edge_queue.DEFAULT_BATCH_WAIT_MS == scheduler.DEFAULT_BATCH_WAIT_MS
