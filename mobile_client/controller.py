@@ -5,7 +5,8 @@ drive the very same object through the one session driver (:mod:`mobile_client.s
 order of calls is the contract (docs/controller.md, "Contract with the caller"). Built from parts:
 the cost model (:mod:`~mobile_client.costs`), the link estimate and two-size RTT identification
 (:mod:`~mobile_client.estimators`), the probe scheduler (:mod:`~mobile_client.probes`), the stall
-tracker, deadlines and server backoff (:mod:`~mobile_client.stalls`).
+tracker, deadlines and server backoff (:mod:`~mobile_client.stalls`), and, for a pipelined session, the frame
+on the network/edge stage (:mod:`~mobile_client.pipeline`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .decision import Decision
 from .costs import (MODES, REMOTE_MODES, ComputeRatios, ModeCosts, first_mode, neutral_rtt, payload_bytes,
                     predict_latencies, rtt_probe_mode, winnable)
 from .estimators import EdgeLoad, LinkEstimator, TransferLog
+from .pipeline import StageClock
 from .probes import ProbeScheduler
 from .stalls import DEADLINE_FACTOR, DEADLINE_SLACK, Deadlines, ServerBackoff, StallTracker
 
@@ -37,6 +39,8 @@ class _View:
     predicted: dict[str, float]  # shown modes; remote ones only with a bandwidth estimate
     delivering: dict[str, float]  # during a stall: predictions from the link as it was while it delivered
     local_allowed: bool  # local may serve a frame (it is a mode and meets the accuracy constraint)
+    occupancy: dict[str, float]  # what the choice compares: ``predicted``, or per-frame stage occupancy when a
+    # pipelined session is throughput-bound (mobile_client/pipeline.py)
 
 
 class Controller:
@@ -77,6 +81,7 @@ class Controller:
         self._held_against: str | None = None  # the better-predicted mode hysteresis is holding off, and since when
         self._held_since = 0.0
         self._measured, self._load = ComputeRatios(compute_window), EdgeLoad(enabled=edge_load)  # docs: "Edge load"
+        self._stages = StageClock()  # a pipelined session's frame on the network/edge (docs/pipeline.md)
 
     @property
     def mode(self) -> str | None:
@@ -137,7 +142,9 @@ class Controller:
                 delivering = predict_latencies(costs, bps_before, rtt_or_0)
         shown = set(self.modes) | {"local"}
         predicted = {m: v for m, v in neutral.items() if m in shown and (m == "local" or bps is not None)}
-        return _View(now_s, costs, bps, rtt, rtt_or_0, raw, predicted, delivering, "local" in self._accurate_enough())
+        predicted, delivering, occupancy = self._stages.views(predicted, delivering, costs, now_s)
+        return _View(now_s, costs, bps, rtt, rtt_or_0, raw, predicted, delivering, "local" in self._accurate_enough(),
+                     occupancy)
 
     def _decide(self, view: _View, mode: str, reason: str, probe_bytes: int = 0) -> Decision:
         """The decision record; a remote mode gets a deadline and a hedge only where local may serve the frame."""
@@ -171,8 +178,8 @@ class Controller:
 
     def _fastest(self, view: _View, eligible: list[str], nothing_meets: bool, stalled: bool) -> tuple[str, str]:
         """The fastest eligible mode (local during a stall) and the reason it is chosen."""
-        best = min(["local"] if stalled else eligible, key=lambda m: view.predicted[m])
-        fastest = min((m for m in self.modes if m in view.predicted), key=lambda m: view.predicted[m])
+        best = min(["local"] if stalled else eligible, key=lambda m: view.occupancy[m])
+        fastest = min((m for m in self.modes if m in view.occupancy), key=lambda m: view.occupancy[m])
         if stalled:
             return best, "stalled"
         return best, "accuracy" if nothing_meets or fastest not in eligible else "best"
@@ -181,7 +188,7 @@ class Controller:
         """Hysteresis with a time-to-trigger: keep the current mode unless ``best`` is clearly or lastingly faster."""
         chosen, cur = best, self._current
         if cur is not None and cur != best and cur in eligible \
-                and view.predicted[best] >= (1.0 - self.hysteresis) * view.predicted[cur]:
+                and view.occupancy[best] >= (1.0 - self.hysteresis) * view.occupancy[cur]:
             if self._held_against != best:
                 self._held_against, self._held_since = best, view.now_s
             if view.now_s - self._held_since < self.probe_interval_s:
@@ -393,6 +400,14 @@ class Controller:
         self._stalls.stream_lost()
         if self._backoff.failures and hasattr(self.estimator, "new_path"):  # a reconnect: maybe another replica
             self.estimator.new_path()
+
+    def pipeline_sent(self, mode: str, at_s: float) -> None:
+        """A pipelined session's remote payload left at ``at_s``: the next frame starts behind it."""
+        self._stages.sent(mode, at_s)
+
+    def pipeline_settled(self, now_s: float) -> None:
+        """The frame that left last has settled (its result, or its end, is about to be reported)."""
+        self._stages.settled()
 
     def should_reconnect(self, now_s: float) -> bool:
         """Whether the server is down and its backoff has expired, so a reconnect should be tried now."""

@@ -60,6 +60,11 @@ class LatestFrame:
                 self._done = True
                 self._cond.notify()
 
+    def waiting(self) -> bool:
+        """Whether a frame is there to take now (or the source has ended), so :meth:`take` would not wait."""
+        with self._cond:
+            return self._newest is not None or self._done
+
     def take(self) -> tuple[Frame, float, list[Skipped]] | None:
         """Wait for a frame; the newest, its capture time (perf_counter), and the older ones skipped. None: the
         source has ended (its error, if any, is raised)."""

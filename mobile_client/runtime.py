@@ -10,11 +10,15 @@ frame's race between the edge's result and the local run, checked at every
 stage boundary. ``timeout_s`` is only how long a silent server is given
 before it is presumed gone; a frame's own deadline is the controller's.
 A server that refuses link probes (one that predates them answers with an
-error) turns them off for the run, with a warning.
+error) turns them off for the run, with a warning. Pipelined
+(``RuntimeOptions.pipeline``, ``splitedge run --pipeline``): :meth:`LiveIO.submit`
+puts a payload on the stream and the device computes the next frame while the
+client's reader thread takes the result off it (docs/pipeline.md).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +48,7 @@ class RuntimeOptions:
     connect_timeout_s: float = 5.0  # the most opening the connection may take (at most one local run in auto)
     min_score: float = 0.0
     device_slowdown: float = 1.0  # > 1 stands for a slower device: each compute is stretched by K
+    pipeline: bool = False  # the next frame's device part overlaps this one's network/edge stage
 
 
 def _remote_detections(result: pb.Result, family: str, min_score: float) -> list[dict[str, Any]]:
@@ -62,6 +67,8 @@ class LiveIO:
         self.has_edge = client is not None
         self._clock, self._sleep = clock, sleep  # the client's clock (its send and arrival times) and a wait on it
         self._t0 = clock()
+        self._sent: dict[int, float] = {}  # pipelined frames in flight: id -> when sent (the client's clock)
+        self._early: dict[int, LateResult] = {}  # ... and a result that arrivals() met before collect() asked
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -76,12 +83,20 @@ class LiveIO:
 
     def close(self) -> None:
         self.client.close()
+        self._sent.clear()
+        self._early.clear()
 
     def send_probe(self, nbytes: int) -> int:
         return self.client.send_probe(nbytes)[0]
 
     def arrivals(self) -> list[Arrival]:
-        return [self._arrival(late) for late in self.client.take_late(self.options.timeout_s)]
+        out = []
+        for late in self.client.take_late(self.options.timeout_s):
+            if late.frame_id in self._sent:  # a pipelined frame's own result, come early: kept for collect()
+                self._early[late.frame_id] = late
+            else:
+                out.append(self._arrival(late))
+        return out
 
     def _arrival(self, late: LateResult) -> Arrival:
         r = late.result
@@ -113,6 +128,35 @@ class LiveIO:
         except ValueError as exc:  # e.g. over the server's message limit
             return Outcome("refused", self.now(), error=str(exc))
         return self._race(message.frame_id, sent, image, encoded) if hedge else self._result(result, seconds)
+
+    def submit(self, frame_id: int, mode: str, encoded: Encoded) -> Outcome | None:
+        """Put a pipelined frame on the stream without waiting for its result."""
+        try:
+            self._sent[frame_id] = self.client.send(pb.Frame(frame_id=frame_id, payload=encoded.payload))
+        except EdgeUnavailable as exc:
+            return Outcome("lost", self.now(), error=str(exc))
+        except ValueError as exc:  # e.g. over the server's message limit
+            return Outcome("refused", self.now(), error=str(exc))
+        return None
+
+    def collect(self, frame_id: int, image: torch.Tensor, mode: str, encoded: Encoded, deadline_s: float | None,
+                hedge: bool) -> Outcome:
+        """A pipelined frame's end, from now: its result if already there, else the hedged race or the wait."""
+        sent = self._sent.pop(frame_id)
+        early = self._early.pop(frame_id, None)
+        if early is not None:
+            return self._result(early.result, early.seconds)
+        until = math.inf if deadline_s is None else self._t0 + deadline_s
+        try:
+            got = self.client.wait(frame_id, sent, self.options.timeout_s, self._clock() if hedge else until)
+        except EdgeUnavailable as exc:
+            return Outcome("lost", self.now(), error=str(exc))
+        if got is not None:
+            return self._result(*got)
+        if hedge:
+            return self._race(frame_id, sent, image, encoded)
+        waited = self._clock() - sent  # the deadline passed (maybe while the device ran the next frame)
+        return Outcome("deadline", self.now(), seconds=waited, network_s=waited)
 
     def _result(self, result: pb.Result, seconds: float) -> Outcome:
         server_s = _server_s(result)
@@ -170,11 +214,18 @@ class DeviceRuntime:
                                             device_slowdown=self.options.device_slowdown)
         self.io = LiveIO(client, self.device, self.options, clock=clock, sleep=sleep)
         self.session = Session(controller, self.io, rtt_pings=self.options.rtt_pings,
-                               connect_timeout_s=self.options.connect_timeout_s)
+                               connect_timeout_s=self.options.connect_timeout_s, pipeline=self.options.pipeline)
+
+        self._pending: dict[int, tuple[str, float | None]] = {}  # pipelined: frame id -> (source, captured)
 
     @property
     def warnings(self) -> list[str]:
         return self.session.warnings
+
+    @property
+    def busy(self) -> bool:
+        """A pipelined frame is on the network/edge stage: :meth:`flush` settles it."""
+        return self.session.busy
 
     def connect(self) -> bool:
         """Try the server once; on failure the controller starts its backoff."""
@@ -185,13 +236,41 @@ class DeviceRuntime:
         camera captured it (perf_counter), for the record's ``age_ms`` (capture to result)."""
         start = self.io.now()
         served = self.session.step(frame.index, to_tensor(frame.rgb))
-        age = {} if captured is None else {"age_ms": round((time.perf_counter() - captured) * 1e3, 3)}
-        return {"frame_id": frame.index, "source": frame.source, "t_s": round(served.start_s, 3), "mode": served.mode,
-                "reason": served.reason, "payload_bytes": served.payload_bytes,
-                "head_ms": round(served.device_s * 1e3, 3), "network_ms": round(served.network_s * 1e3, 3),
-                "server_ms": round(served.server_s * 1e3, 3), "e2e_ms": round((self.io.now() - start) * 1e3, 3),
-                "detections": served.outputs or [], "error": served.error, "fallback": served.fallback,
-                "filtered": served.filtered, "probe_bytes": served.probe_bytes, "skipped": False, **age}
+        return _record(frame.index, frame.source, served, self.io.now() - start, captured)
+
+    def submit(self, frame: Frame, captured: float | None = None) -> list[dict[str, Any]]:
+        """Start one frame; the records finished meanwhile, in frame order (:meth:`process`'s, one, unpipelined).
+        Pipelined, a record has ``wait_ms`` (its payload waiting for the frame before) and ``remote_ms`` (send to
+        result); call :meth:`flush` before waiting for a frame that is not there yet, and at the end."""
+        if not self.options.pipeline:
+            return [self.process(frame, captured)]
+        self._pending[frame.index] = (frame.source, captured)
+        return self._records(self.session.feed(frame.index, to_tensor(frame.rgb)))
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Settle the pipelined frame in flight, if any: its record."""
+        return self._records(self.session.flush())
+
+    def _records(self, done: list) -> list[dict[str, Any]]:
+        out = []
+        for served in done:
+            source, captured = self._pending.pop(served.frame_id)
+            record = _record(served.frame_id, source, served, served.done_s - served.start_s, captured)
+            stages = {"wait_ms": round(served.wait_s * 1e3, 3), "remote_ms": round(served.remote_s * 1e3, 3)}
+            out.append(record | stages)
+        return out
+
+
+def _record(frame_id: int, source: str, served, e2e_s: float, captured: float | None) -> dict[str, Any]:
+    """A frame's JSON record (see the README's ``splitedge run``). ``captured``: when a real-time camera captured it
+    (perf_counter), for the record's ``age_ms`` (capture to result)."""
+    age = {} if captured is None else {"age_ms": round((time.perf_counter() - captured) * 1e3, 3)}
+    return {"frame_id": frame_id, "source": source, "t_s": round(served.start_s, 3), "mode": served.mode,
+            "reason": served.reason, "payload_bytes": served.payload_bytes,
+            "head_ms": round(served.device_s * 1e3, 3), "network_ms": round(served.network_s * 1e3, 3),
+            "server_ms": round(served.server_s * 1e3, 3), "e2e_ms": round(e2e_s * 1e3, 3),
+            "detections": served.outputs or [], "error": served.error, "fallback": served.fallback,
+            "filtered": served.filtered, "probe_bytes": served.probe_bytes, "skipped": False, **age}
 
 
 def _server_s(result: pb.Result) -> float:

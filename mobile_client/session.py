@@ -12,6 +12,13 @@ follow the same rules step for step.
 
 Every frame gets exactly one :class:`Served` record, whatever the edge or the
 link did (a failure of the device's own compute is not caught: it is a bug).
+
+Pipelined (``pipeline=True``, an IO with :class:`PipelineIO`'s two calls):
+:meth:`Session.feed` starts a frame while the one before is still on the
+network or the edge, so the device part of frame n+1 (its head, JPEG encode or
+local run) overlaps frame n's transfer and edge time. At most two frames are
+held, one in each stage: the payload leaves once the frame before has settled,
+and records come out in frame order (docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from .controller import Controller
 from .errors import EdgeUnavailable
 from .decision import Decision
 
-__all__ = ["Session", "SessionIO", "Served", "Arrival", "Encoded", "Outcome", "EdgeUnavailable", "PING_BYTES"]
+__all__ = ["Session", "SessionIO", "PipelineIO", "Served", "Arrival", "Encoded", "Outcome", "EdgeUnavailable",
+           "PING_BYTES"]
 
 PING_BYTES = 1  # an RTT ping is a link probe of one filler byte: the server answers it at once
 
@@ -91,6 +99,9 @@ class Served:
     filtered: bool = False  # the prefilter found nothing of interest: nothing sent, no detections
     error: str | None = None
     outputs: Any = None  # detections, in the IO's own form
+    frame_id: int | None = None
+    wait_s: float = 0.0  # pipelined: from the end of its device part until the frame before had settled
+    remote_s: float = 0.0  # a result's send-to-result time: its network/edge stage
 
 
 class SessionIO(Protocol):
@@ -110,12 +121,36 @@ class SessionIO(Protocol):
                hedge: bool) -> Outcome: ...
 
 
+class PipelineIO(SessionIO, Protocol):
+    """:meth:`SessionIO.remote` in two halves, so that the device can work on the next frame in between."""
+
+    def submit(self, frame_id: int, mode: str, encoded: Encoded) -> Outcome | None: ...  # None: sent, in flight
+    def collect(self, frame_id: int, frame: Any, mode: str, encoded: Encoded, deadline_s: float | None,
+                hedge: bool) -> Outcome: ...  # from now: a result already there, else wait, race or give up
+
+
+@dataclass
+class _InFlight:
+    """A pipelined frame whose payload is on the network/edge stage."""
+
+    frame_id: int
+    frame: Any
+    decision: Decision
+    served: Served
+    encoded: Encoded
+    lost: str | None = None  # the edge was lost while it was away: no result will come, the device serves it
+
+
 class Session:
-    """Drives one controller over one :class:`SessionIO`: :meth:`connect`, then :meth:`step` per frame."""
+    """Drives one controller over one :class:`SessionIO`: :meth:`connect`, then :meth:`step` per frame (pipelined:
+    :meth:`feed` per frame and :meth:`flush` at the end)."""
 
     def __init__(self, controller: Controller, io: SessionIO, *, rtt_pings: int = 3,
-                 connect_timeout_s: float = 5.0) -> None:
-        self.controller, self.io = controller, io
+                 connect_timeout_s: float = 5.0, pipeline: bool = False) -> None:
+        if pipeline and not (hasattr(io, "submit") and hasattr(io, "collect")):
+            raise TypeError(f"{type(io).__name__} cannot pipeline: it has no submit() and collect()")
+        self.controller, self.io, self.pipeline = controller, io, pipeline
+        self._in_flight: _InFlight | None = None
         self.rtt_pings, self.connect_timeout_s = rtt_pings, connect_timeout_s
         self.warnings: list[str] = []
         self._abandoned: dict[int, tuple[str, int]] = {}  # frame id -> (mode, payload bytes) of frames given up on
@@ -175,7 +210,7 @@ class Session:
             self.connect()
         self._collect()
         decision = self.controller.choose(start)
-        served = Served(decision, decision.mode, decision.reason, start)
+        served = Served(decision, decision.mode, decision.reason, start, frame_id=frame_id)
         if decision.reason == "no-server" or (decision.mode != "local" and not self.io.connected()):
             served.fallback = True  # the frame wanted the edge; local serves it meanwhile
             self._local(frame, served)
@@ -201,12 +236,18 @@ class Session:
         if encoded.payload is None:  # the prefilter found nothing of interest: send nothing
             served.filtered = True
             return
-        served.payload_bytes = nbytes = encoded.nbytes
+        served.payload_bytes = encoded.nbytes
         out = self.io.remote(frame_id, frame, mode, encoded, decision.deadline_s, decision.hedge)
+        self._ended(frame_id, frame, mode, served, out)
+
+    def _ended(self, frame_id: int, frame: Any, mode: str, served: Served, out: Outcome) -> None:
+        """Report how a remote frame ended, and serve it on the device where the edge did not."""
+        nbytes = served.payload_bytes
         if out.kind == "result":
             self._collect()  # late results that arrived while waiting came first
             self.controller.observe(mode, nbytes, out.seconds, out.server_s, out.at_s, out.compute_s)
             served.network_s, served.server_s, served.outputs = out.network_s, out.compute_s, out.outputs
+            served.remote_s = out.seconds
             if out.code != 0:
                 served.error = out.error
         elif out.kind == "hedge":  # the local run won: like a missed deadline, the result is reported late
@@ -226,6 +267,84 @@ class Session:
                 self._local(frame, served)
             else:  # the hedged local run went on and served it
                 served.mode, served.device_s, served.outputs = "local", out.device_s, out.outputs
+
+    # -------------------------------------------------------------- pipelined
+    @property
+    def busy(self) -> bool:
+        """A pipelined frame is on the network/edge stage (:meth:`flush` settles it)."""
+        return self._in_flight is not None
+
+    def feed(self, frame_id: int, frame: Any) -> list[Served]:
+        """Start one frame now; the records finished meanwhile, in frame order (this frame's too if it is done).
+
+        Not pipelined: :meth:`step`. Pipelined: the same steps as :meth:`step`, but the frame's device part
+        runs while the frame before is on the network/edge; then the frame before settles; then this frame's
+        payload leaves and stays in flight until the next :meth:`feed` or :meth:`flush`. Call :meth:`flush`
+        before waiting for a frame that has not come yet (nothing would overlap the wait) and at the end.
+        """
+        if not self.pipeline:
+            return [self.step(frame_id, frame)]
+        start = self.io.now()
+        if self.io.has_edge and not self.io.connected() and self.controller.should_reconnect(start):
+            self.connect()
+        self._collect()
+        decision = self.controller.choose(start)
+        served = Served(decision, decision.mode, decision.reason, start, frame_id=frame_id)
+        fallback = decision.reason == "no-server" or (decision.mode != "local" and not self.io.connected())
+        if fallback or decision.mode == "local":
+            served.fallback = fallback
+            self._local(frame, served)
+            done = self._settle()
+            if not fallback and decision.probe_bytes > 0:  # once the frame before has left the link
+                self._send_probe(decision.probe_bytes, served)
+            return done + [self._done(served)]
+        encoded = self.io.encode(frame, decision.mode, decision.hedge)
+        served.device_s = encoded.device_s
+        ready = self.io.now()
+        done = self._settle()
+        served.wait_s = self.io.now() - ready
+        if encoded.payload is None:  # the prefilter found nothing of interest: send nothing
+            served.filtered = True
+        elif not self.io.connected():  # the frame before lost the edge: the device serves this one
+            served.fallback = True
+            self._local(frame, served)
+        elif self._send(frame_id, frame, decision, served, encoded):
+            return done
+        return done + [self._done(served)]
+
+    def flush(self) -> list[Served]:
+        """Settle the frame in flight, if any: its record (or nothing)."""
+        return self._settle()
+
+    def _send(self, frame_id: int, frame: Any, decision: Decision, served: Served, encoded: Encoded) -> bool:
+        """Put a pipelined frame's payload on the link; True: in flight, else it has ended (refused, lost)."""
+        served.payload_bytes = encoded.nbytes
+        out = self.io.submit(frame_id, decision.mode, encoded)
+        if out is not None:
+            self._ended(frame_id, frame, decision.mode, served, out)
+            return False
+        self.controller.pipeline_sent(decision.mode, self.io.now())
+        self._in_flight = _InFlight(frame_id, frame, decision, served, encoded)
+        return True
+
+    def _settle(self) -> list[Served]:
+        """Wait for the frame in flight to end (result, deadline, hedge or loss) and report it; its record."""
+        f, self._in_flight = self._in_flight, None
+        if f is None:
+            return []
+        self.controller.pipeline_settled(self.io.now())
+        if f.lost is not None:  # the stream it was on is gone (already reported): the device serves it
+            f.served.fallback, f.served.error = True, f.lost
+            self._local(f.frame, f.served)
+        else:
+            d = f.decision
+            out = self.io.collect(f.frame_id, f.frame, d.mode, f.encoded, d.deadline_s, d.hedge)
+            self._ended(f.frame_id, f.frame, d.mode, f.served, out)
+        return [self._done(f.served)]
+
+    def _done(self, served: Served) -> Served:
+        served.done_s = self.io.now()
+        return served
 
     def _give_up(self, frame_id: int, mode: str, nbytes: int, waited_s: float, at_s: float) -> None:
         """Stop waiting for a remote frame's result (served locally instead); its result, if it comes, is late.
@@ -285,5 +404,7 @@ class Session:
     def _edge_lost(self, exc: EdgeUnavailable) -> None:
         """The server cannot be reached or stopped answering: local from now on, reconnect after the backoff."""
         self.io.close()
+        if self._in_flight is not None:  # its result went with the stream
+            self._in_flight.lost = f"edge unavailable ({exc})"
         backoff = self.controller.server_failed(self.io.now())
         self.warnings.append(f"edge unavailable ({exc}); local mode, retry in {backoff:.1f} s")

@@ -93,8 +93,9 @@ def _simulate(argv: list[str]) -> int:
                         help="uplink trace, repeatable: const:MBPS, steps:DUR@MBPS,..., mahimahi:PATH, pensieve:PATH, "
                              "csv:PATH#rate=COL,unit=..., a file, or a directory (every trace file in it, recursively; "
                              "mahimahi *.down files are skipped)")
-    parser.add_argument("--policies", default=",".join(POLICIES),
-                        help=f"comma-separated, among {','.join(POLICIES)} (default: all)")
+    parser.add_argument("--policies", default=None,
+                        help=f"comma-separated, among {','.join(POLICIES)} (default: all; with --pipeline all but "
+                             f"oracle)")
     parser.add_argument("--fps", type=float, default=10.0, help="frame rate of the camera (default 10)")
     parser.add_argument("--frames", type=int, default=600, help="frames per (trace, policy) run (default 600)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
@@ -118,6 +119,10 @@ def _simulate(argv: list[str]) -> int:
                         help="a live camera: the device takes the newest frame and skips stale ones (default: every "
                              "frame, as for files and videos); summary.csv then also has served, served_fps and "
                              "p50/p95 service times")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="a pipelined device: the next frame's head (or JPEG encode, or local run) overlaps this "
+                             "frame's network/edge stage, at most two frames held (docs/pipeline.md); every policy "
+                             "but the oracle, which has no pipelined form")
     add_mode_choice(parser)
     try:
         args = parser.parse_args(argv)
@@ -140,10 +145,13 @@ def _simulate_setup(args: argparse.Namespace):
     from .links import parse_loss
     from .trace_files import load_trace
 
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    default = [p for p in POLICIES if p != "oracle"] if args.pipeline else list(POLICIES)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies is not None else default
     unknown = [p for p in policies if p not in POLICIES]
     if not policies or unknown:
         raise ValueError(f"--policies: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(POLICIES)}")
+    if args.pipeline and "oracle" in policies:
+        raise ValueError("--pipeline: the oracle has no pipelined form; leave it out of --policies")
     policies = list(dict.fromkeys(policies))
     if not (args.fps > 0 and math.isfinite(args.fps)):
         raise ValueError(f"--fps must be positive, got {args.fps:g}")
@@ -177,6 +185,7 @@ def _simulate_setup(args: argparse.Namespace):
     accuracy = parse_accuracy(args.accuracy)
     config = SimConfig(costs, fps=args.fps, frames=args.frames, delay_ms=args.delay_ms, down_trace=down,
                        jitter_ms=args.jitter_ms, loss=args.loss, seed=args.seed, realtime=args.realtime,
+                       pipeline=args.pipeline,
                        controller_factory=lambda c: Controller(c, modes=modes, accuracy=accuracy,
                                                                min_accuracy=args.min_accuracy, hedge=args.hedge,
                                                                link_probes=args.link_probes,
@@ -287,6 +296,7 @@ def _simulate_run(args: argparse.Namespace, policies: list[str], sweep_mbps: lis
         "elapsed_s": round(elapsed, 2),
         # auto's first frame's e2e over the local time: what connecting cost it (frames start at once)
         "first_frame_over_local": _first_frame_over_local(records, config.costs),
+        **({"pipeline": True} if args.pipeline else {}),
     }, indent=1) + "\n")
 
     _print_table(summaries, policies)

@@ -56,6 +56,15 @@ Model, and why each choice was made:
   policy can do (the yardstick for ``auto``). With jitter or loss this holds
   only approximately: which mode ran changes which random draws later frames
   get.
+* **Pipelined** (``SimConfig.pipeline``, ``splitedge simulate
+  --pipeline``): the session driver's pipelined form
+  (:meth:`~mobile_client.session.Session.feed`), for ``auto`` and for the
+  fixed modes alike (these then run as the live ``splitedge run --mode M
+  --pipeline`` does: a one-mode controller, no deadline, no hedge, no
+  pings); a frame's device part overlaps the network/edge stage of the
+  frame before when it was already waiting, and the pipeline empties when
+  no frame is waiting. The greedy oracle is no longer a bound there (a
+  frame's mode changes when the next may start), so it is not run.
 * **Compute times are deterministic** (the profile's medians): the
   variation under study is the network's, and a deterministic device keeps
   the oracle exact and the runs replayable.
@@ -183,6 +192,7 @@ class SimConfig:
     seed: int = 0
     controller_factory: Callable[[ModeCosts], Controller] | None = None
     realtime: bool = False  # a live camera: the device takes the newest frame, skipping stale ones
+    pipeline: bool = False  # the next frame's device part overlaps this one's network/edge stage (docs/pipeline.md)
 
     def __post_init__(self) -> None:
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -218,6 +228,10 @@ class _Camera:
     def arrival(self, i: int) -> float:
         return i / self.fps
 
+    def waiting(self, at_s: float) -> bool:
+        """Whether a frame not yet taken has been captured by ``at_s``."""
+        return self._next < self.frames and self.arrival(self._next) <= at_s
+
     def take(self, free_at: float) -> tuple[int, list[int]] | None:
         """(frame to serve, frames skipped before it), or None when every frame has been handled."""
         i = self._next
@@ -241,21 +255,41 @@ def simulate(trace: Trace, policy: str, config: SimConfig) -> list[FrameRecord]:
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {', '.join(POLICIES)}")
+    if policy == "oracle" and config.pipeline:
+        raise ValueError("the oracle has no pipelined form (see simulators/experiment.py); leave it out")
     up, down = config.links(trace)
-    if policy != "auto":
+    if policy != "auto" and not config.pipeline:
         return _fixed(policy, up, down, config)
     io = SimIO(up, down, config.costs, config.result_bytes)
-    session = Session((config.controller_factory or Controller)(config.costs), io, rtt_pings=RTT_PINGS)
+    if policy == "auto":
+        controller, pings = (config.controller_factory or Controller)(config.costs), RTT_PINGS
+    else:  # a fixed mode, pipelined: as `splitedge run --mode M --pipeline`, without its pings
+        controller, pings = Controller(config.costs, modes=(policy,)), 0
+    session = Session(controller, io, rtt_pings=pings, pipeline=config.pipeline)
     session.connect()
-    camera, records = _Camera(config), []
-    while (taken := camera.take(io.now())) is not None:
+    return _drive(session, io, _Camera(config))
+
+
+def _drive(session: Session, io: SimIO, camera: _Camera) -> list[FrameRecord]:
+    """Feed the camera's frames to the session as the device gets free; one record per frame, in order."""
+    records: list[FrameRecord] = []
+
+    def add(done: list) -> None:
+        records.extend(FrameRecord(s.frame_id, s.mode, s.reason, camera.arrival(s.frame_id), s.start_s, s.done_s,
+                                   s.device_s * 1e3, s.network_s * 1e3, s.server_s * 1e3, s.payload_bytes,
+                                   s.probe_bytes) for s in done)
+
+    while True:
+        if session.busy and not camera.waiting(io.now()):  # nothing to overlap: settle before waiting
+            add(session.flush())
+        if (taken := camera.take(io.now())) is None:
+            break
         i, skipped = taken
         records.extend(_skipped(k, camera.arrival(k)) for k in skipped)
         io.begin(camera.arrival(i))
-        served = session.step(i, None)
-        records.append(FrameRecord(i, served.mode, served.reason, camera.arrival(i), served.start_s, served.done_s,
-                                   served.device_s * 1e3, served.network_s * 1e3, served.server_s * 1e3,
-                                   served.payload_bytes, served.probe_bytes))
+        add(session.feed(i, None))
+    add(session.flush())
+    records.sort(key=lambda r: r.frame)  # pipelined, a frame's record may come after the next one's skips
     return records
 
 

@@ -24,6 +24,11 @@ The model, and why (see also ``simulators/experiment.py``):
 * Link probes, the RTT pings at connect among them (one-byte probes),
   occupy the uplink like any payload and are answered at once
   (:data:`PROBE_REPLY_BYTES` down).
+* Pipelined (:meth:`SimIO.submit`, :meth:`SimIO.collect`): the payload
+  leaves at submit; collect starts when the device is free again (after the
+  next frame's device part), so a hedged frame's local continuation starts
+  then, a deadline already past gives up at once, and a result that came
+  meanwhile is taken as it is, at that time.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class SimIO:
         # Answers on their way, sorted: (at, kind, mode, bytes, send-to-answer s, edge s, id); kind "late" (a
         # given-up frame's result) or "probe" (a link probe's answer).
         self._pending: list[tuple[float, str, str, int, float, float, int]] = []
+        self._flight: dict[int, tuple[float, float]] = {}  # pipelined: frame id -> (sent, result arrives)
 
     def now(self) -> float:
         return self.clock
@@ -130,3 +136,33 @@ class SimIO:
         self.clock = done
         return Outcome("result", done, seconds=done - start - dev_s, server_s=edge_s,
                        network_s=done - sent - edge_s, compute_s=edge_s)
+
+    def submit(self, frame_id: int, mode: str, encoded: Encoded) -> Outcome | None:
+        """A pipelined frame's payload leaves now; its result's arrival is fixed by the links as it goes."""
+        _dev_s, nbytes, edge_s = self.table[mode]
+        sent = self.clock
+        self._flight[frame_id] = (sent, self.down.send(self.result_bytes, self.up.send(nbytes, sent).arrival_s
+                                                       + edge_s).arrival_s)
+        return None
+
+    def collect(self, frame_id: int, frame: Any, mode: str, encoded: Encoded, deadline_s: float | None,
+                hedge: bool) -> Outcome:
+        """How a pipelined frame ends, from now (the device free again): as :meth:`remote`, shifted to now."""
+        dev_s, nbytes, edge_s = self.table[mode]
+        (sent, done), free = self._flight.pop(frame_id), self.clock
+        late = (done, "late", mode, nbytes, done - sent, edge_s, frame_id)
+        if hedge:
+            local_done = free + hedge_local_ms(self.costs, mode) / 1e3
+            if local_done < done:
+                bisect.insort(self._pending, late)
+                self.clock = local_done
+                return Outcome("hedge", local_done, seconds=local_done - sent, network_s=local_done - sent,
+                               device_s=dev_s + (local_done - free))
+        elif deadline_s is not None and done > deadline_s:
+            gave_up = max(deadline_s, free)
+            bisect.insort(self._pending, late)
+            self.clock = gave_up
+            return Outcome("deadline", gave_up, seconds=gave_up - sent, network_s=gave_up - sent)
+        self.clock = max(free, done)
+        return Outcome("result", self.clock, seconds=done - sent, server_s=edge_s, network_s=done - sent - edge_s,
+                       compute_s=edge_s)
