@@ -9,9 +9,11 @@ from bottlenecks.codecs import (
     JpegCodec,
     TensorCodec,
     Uint8Codec,
+    WebpCodec,
     get_codec,
 )
-from bottlenecks.modules import BOTTLENECK_KINDS, Bottleneck, BottleneckSpecError
+from bottlenecks.entropic import ENCODER_INPUTS, ENTROPIC_PRIORS, EntropicStudent, EntropyCodec
+from bottlenecks.modules import BOTTLENECK_KINDS, Bottleneck, BottleneckSpecError, bottleneck_from_spec
 
 __all__ = [
     "BOTTLENECK_KINDS",
@@ -19,11 +21,16 @@ __all__ = [
     "BottleneckSpecError",
     "CODEC_NAMES",
     "CodecError",
+    "ENCODER_INPUTS",
+    "ENTROPIC_PRIORS",
     "EncodedTensor",
+    "EntropicStudent",
+    "EntropyCodec",
     "Float16Codec",
     "Float32Codec",
     "JpegCodec",
     "TensorCodec",
     "Uint8Codec",
+    "WebpCodec",
     "get_codec",
 ]

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BOTTLENECK_KINDS", "Bottleneck", "BottleneckSpecError"]
+__all__ = ["BOTTLENECK_KINDS", "Bottleneck", "BottleneckSpecError", "bottleneck_from_spec"]
 
 BOTTLENECK_KINDS = ("conv", "gdn", "block")
 
@@ -223,3 +223,13 @@ class Bottleneck(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, channels={self.channels}, hidden={self.hidden}, "
                 f"downsample={self.downsample}, kind={self.kind!r}")
+
+
+def bottleneck_from_spec(in_channels: int, spec: dict[str, Any]) -> nn.Module:
+    """A checkpoint's "bottleneck_spec" rebuilt: an hnd-ghnd `Bottleneck`, or for kind "entropic" an
+    `bottlenecks.entropic.EntropicStudent` (which replaces the head); BottleneckSpecError if it cannot be."""
+    if isinstance(spec, dict) and spec.get("kind") == "entropic":
+        from bottlenecks.entropic import EntropicStudent
+
+        return EntropicStudent.from_spec(in_channels, spec)
+    return Bottleneck.from_spec(in_channels, spec)

@@ -6,7 +6,8 @@ Every number a client sends is checked before anything is allocated or computed 
 * the sizes follow from the model's transform: ``image_size`` is what the transform makes of
   ``original_size`` (``batch_size`` too, padded as the transform pads; for an offload JPEG it
   equals ``image_size``), so the head never runs on a size a client made up;
-* the tensor's split point, codec, dtype, shape and byte length match the model exactly, and
+* the tensor's split point, codec, dtype, shape and byte length match the model exactly (an
+  entropy-coded latent's length is variable: at most ``EntropyCodec.max_bytes`` of its shape), and
   its quantization parameters are finite (the 8-bit scale positive);
 * a JPEG's dimensions are read from its frame header (SOF) and must equal ``image_size``
   before OpenCV decodes it: a few hundred bytes cannot make the decoder allocate gigabytes.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bottlenecks import EntropyCodec
 from protos import splitedge_pb2 as pb
 from split import PayloadMismatch, SplitModel
 from split.api import MAX_SIDE
@@ -171,6 +173,11 @@ def _check_split(msg: pb.Payload, image: Size, limits: ModelLimits) -> None:
     if not (0 < split_size[0] <= batch[0] and 0 < split_size[1] <= batch[1]):
         raise PayloadMismatch(f"split_size {list(split_size)} is outside 1..batch_size {list(batch)}")
     _check_shape(t, (1, limits.wire_channels, *limits.wire_size(split_size)))
+    if t.codec not in _ITEMSIZE:  # an entropy-coded latent: variable length, bounded before any decoding
+        most = EntropyCodec.max_bytes(tuple(t.shape))
+        if not 0 < len(t.data) <= most:
+            raise PayloadMismatch(f"{t.codec}: tensor shape {list(t.shape)} takes 1..{most} bytes, got {len(t.data)}")
+        return
     need = math.prod(t.shape) * _ITEMSIZE[t.codec]
     if len(t.data) != need:
         raise PayloadMismatch(f"{t.codec}: tensor shape {list(t.shape)} needs {need} bytes, got {len(t.data)}")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mobile_client.sinks import format_summary, summary_rows  # noqa: E402
-from split.recipes import default_recipe  # noqa: E402
+from split.recipes import build, default_recipe  # noqa: E402
 
 SAMPLES = (ROOT / "samples" / "coco", ROOT / "samples" / "people")  # the bundled images, with attribution
 OUT = ROOT / "demo-output"
@@ -115,7 +115,8 @@ def main() -> int:
     med = lambda rs, k: statistics.median(r[k] for r in rs)  # noqa: E731
     print()
     split_b, offload_b = med(by_mode["split"], "payload_bytes"), med(by_mode["offload"], "payload_bytes")
-    print(f"split payload (learned bottleneck, {default_recipe().codec}) vs offload (JPEG q90): {split_b:.0f} B vs "
+    codec = build(default_recipe().name)[0].codec.name  # the shipped split's: a checkpoint may bring its own
+    print(f"split payload (learned bottleneck, {codec}) vs offload (JPEG q90): {split_b:.0f} B vs "
           f"{offload_b:.0f} B ({offload_b / split_b:.1f}x fewer bytes)")
     print(f"device compute: head {med(by_mode['split'], 'head_ms'):.1f} ms vs full model "
           f"{med(by_mode['local'], 'head_ms'):.1f} ms")

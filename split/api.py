@@ -79,6 +79,9 @@ class Head(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Size]:
         features = self.chain(x)
+        if not self.chain.names:  # an entropic student's encoder replaces the head: its latent is at the split stride
+            z = self.encoder(features)
+            return z, (int(z.shape[-2]), int(z.shape[-1]))
         split_size = (int(features.shape[-2]), int(features.shape[-1]))
         if self.prefilter is not None and not self.prefilter.keep(features):
             return features.new_empty(0), split_size
@@ -171,7 +174,12 @@ class SplitModel:
         self.split_channels = self._probe_channels(stages[: k + 1])
         self.bottleneck = self._bottleneck(bottleneck)
         head_stages = stages[: k + 1]
-        if own_head:  # a trainable copy: distillation changes it, the original model stays intact
+        self._size_chain = _Chain(head_stages)  # the original's first layers: the split size of a batch size
+        if hasattr(self.bottleneck, "codec"):  # an entropic student's learned prior brings its own codec
+            self.codec = self.bottleneck.codec()
+        if getattr(self.bottleneck, "replaces_head", False):
+            head_stages = []  # its encoder takes the image: the device runs none of the original layers
+        elif own_head:  # a trainable copy: distillation changes it, the original model stays intact
             head_stages = [Stage(s.name, copy.deepcopy(s.module), s.tap, s.tap_fn) for s in head_stages]
         self.head = Head(head_stages, self.bottleneck.encoder if self.bottleneck else None).eval()
         self.tail = Tail(stages[k].tap, stages[k + 1 :], self.bottleneck.decoder if self.bottleneck else None,
@@ -201,6 +209,8 @@ class SplitModel:
 
     @prefilter.setter
     def prefilter(self, prefilter: nn.Module | None) -> None:
+        if prefilter is not None and not self.head.chain.names:
+            raise ValueError("an entropic student's head has no split-point features for a prefilter to read")
         self.head.prefilter = prefilter
 
     # -- device side -------------------------------------------------------------------------
@@ -371,7 +381,7 @@ class SplitModel:
                 self._split_sizes.move_to_end(batch)
                 return size
         with torch.inference_mode():
-            x = self.head.chain(torch.zeros(1, 3, *batch))
+            x = self._size_chain(torch.zeros(1, 3, *batch))
         size = (int(x.shape[-2]), int(x.shape[-1]))
         with self._split_sizes_lock:
             self._split_sizes[batch] = size

@@ -1,4 +1,4 @@
-"""`splitedge models` and `splitedge profile`: the run-time package's own commands.
+"""`splitedge models`, `splitedge profile` and `splitedge export`: the run-time package's own commands.
 
 The offline commands (train, eval, prefilter, finetune) live in `split.train.cli`.
 """
@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from split.recipes import RECIPES
+
+if TYPE_CHECKING:
+    from split.api import SplitModel
 
 __all__ = ["main"]
 
@@ -19,6 +23,8 @@ def _models(argv: list[str]) -> int:
     width = max(len(r.name) for r in RECIPES)
     for r in RECIPES:
         print(f"{r.name:<{width}}  {r.family:<10}  {r.description}")
+        for alt in r.shipped_alternatives():
+            print(f"{'':<{width}}  {'':<10}  --checkpoint {alt}" + ("  (the default)" if alt == r.split_checkpoint else ""))
     return 0
 
 
@@ -79,7 +85,81 @@ def _profile(argv: list[str]) -> int:
     return 0
 
 
-_HANDLERS = {"models": _models, "profile": _profile}
+def _export(argv: list[str]) -> int:
+    import time
+    from pathlib import Path
+
+    from split.export import ONNX_OPSET, export_onnx
+    from split.recipes import build, default_recipe
+    from split.weights import WeightsError
+
+    p = argparse.ArgumentParser(prog="splitedge export", description=(
+        "Export a recipe as an ONNX bundle: device/head.onnx (preprocessed frame -> wire tensor before the "
+        "codec), device/full.onnx (local mode), edge/tail.onnx, and manifest.json (docs/export.md)."))
+    p.add_argument("--model", default=default_recipe().name)
+    p.add_argument("--checkpoint", help="a distilled split or network checkpoint (default: the recipe's own)")
+    p.add_argument("--weights", help="torchvision weights enum name for the network")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--size", default="480x640", metavar="HxW",
+                   help="frame size the graphs serve (any size for fixed-size resizes: SSD, classifiers)")
+    p.add_argument("--opset", type=int, default=ONNX_OPSET)
+    p.add_argument("--verify", metavar="FOLDER", help="run the bundle with onnxruntime beside PyTorch on these frames "
+                   "(jpg/png, recursively) and record the worst differences in the manifest's `parity`")
+    args = p.parse_args(argv)
+    try:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        if len(size) != 2 or min(size) < 16:
+            raise ValueError
+    except ValueError:
+        print(f"splitedge export: error: --size must look like 480x640, got {args.size!r}", file=sys.stderr)
+        return 2
+    try:
+        model, source = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
+    except (KeyError, WeightsError) as exc:
+        print(f"splitedge export: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    print(f"export {args.model}: weights {source}", file=sys.stderr)
+    if model.prefilter is not None:
+        print("export: the checkpoint's prefilter is not exported (data-dependent); the ONNX head sends every frame",
+              file=sys.stderr)
+    start = time.perf_counter()
+    try:
+        manifest = export_onnx(model, args.out, size, opset=args.opset, source=source)
+    except ValueError as exc:
+        print(f"splitedge export: error: {exc}", file=sys.stderr)
+        return 2
+    for role, entry in manifest["files"].items():
+        print(f"{role:<5} {Path(args.out) / entry['path']}  {entry['bytes'] / 1e6:.2f} MB  "
+              f"{entry['export_seconds']:.1f} s  sha256 {entry['sha256'][:12]}")
+    print(f"manifest {Path(args.out) / 'manifest.json'} (codec {manifest['codec']['name']}, opset {args.opset}); "
+          f"{time.perf_counter() - start:.1f} s")
+    model.prefilter = None  # what the bundle computes: verify against that
+    return _verify(model, args.out, args.verify, manifest) if args.verify else 0
+
+
+def _verify(model: SplitModel, out: str, folder: str, manifest: dict) -> int:
+    import json
+    from pathlib import Path
+
+    from split.export import MANIFEST, verify_onnx
+    from split.images import ImageError, load_image
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    try:
+        if not paths:
+            raise ValueError(f"no jpg/png frames under {folder}")
+        parity = verify_onnx(model, out, [load_image(p) for p in paths])
+    except (ImageError, ValueError) as exc:
+        print(f"splitedge export: error: --verify: {exc}", file=sys.stderr)
+        return 2
+    manifest["parity"] = {"images": str(folder), **parity}
+    (Path(out) / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    print("parity " + json.dumps(parity))
+    return 0
+
+
+_HANDLERS = {"models": _models, "profile": _profile, "export": _export}
 
 
 def main(command: str, argv: list[str]) -> int:

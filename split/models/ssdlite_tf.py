@@ -125,6 +125,11 @@ class TFTransform(nn.Module):
     def resize(self, image: Tensor, target: dict[str, Tensor] | None = None) -> tuple[Tensor, dict | None]:
         return self._resized_255(image) / 255.0, target
 
+    def normalize(self, images: Tensor) -> Tensor:
+        """Images in [0, 1] at any size to the network's input scale, unresized (torchvision's
+        transforms have the same method): distillation on crops smaller than 300 px uses it."""
+        return images * 255.0 * (2.0 / 255.0) - 1.0
+
     def forward(self, images: list[Tensor], targets: None = None) -> tuple[ImageList, None]:
         batch = torch.stack([self._resized_255(im) for im in images]) * (2.0 / 255.0) - 1.0
         return ImageList(batch, [(self.size, self.size)] * len(images)), None

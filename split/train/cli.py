@@ -1,4 +1,4 @@
-"""`splitedge train`, `eval`, `prefilter` and `finetune`: the offline commands.
+"""`splitedge train`, `eval`, `rd`, `prefilter` and `finetune`: the offline commands.
 
 Each handler imports what it needs when it runs, so `splitedge train --help` costs no
 pycocotools and no matplotlib.
@@ -302,7 +302,75 @@ def _finetune(argv: list[str]) -> int:
     return 0
 
 
-_HANDLERS = {"train": _train, "eval": _eval, "prefilter": _prefilter, "finetune": _finetune}
+def _rd(argv: list[str]) -> int:
+    """`splitedge rd`: the rate–accuracy curve (split.train.rd) into rd.csv, rd.json and rd.png."""
+    import json
+    from pathlib import Path
+
+    from split.images import ImageError
+    from split.train.config import ConfigError
+    from split.train.data import DataError
+    from split.train.rd import DEFAULT_QUALITIES, held_out_rule, plot, rate_accuracy, write_csv
+    from split.weights import WeightsError
+
+    p = argparse.ArgumentParser(prog="splitedge rd",
+                                description="Rate-accuracy curve: each checkpoint, JPEG and WebP of the model's input "
+                                            "at several qualities; bytes are whole Frame messages.")
+    p.add_argument("--model", required=True, help="recipe name (`splitedge models`)")
+    p.add_argument("--checkpoint", action="append", required=True, metavar="FILE",
+                   help="a split checkpoint (8-bit or entropy-coded); repeat for more points")
+    p.add_argument("--weights", help="torchvision weights enum of the model (default: the recipe's network)")
+    p.add_argument("--images", required=True, metavar="DIR")
+    p.add_argument("--annotations", metavar="COCO.json", help="COCO annotations: detectors are scored by mAP")
+    p.add_argument("--labels", metavar="prefix|FILE.csv", help="classifier labels: scored by top-1")
+    p.add_argument("--val-only", action="store_true",
+                   help="only the images the training held out (rule from --config, else from the checkpoints)")
+    p.add_argument("--config", metavar="FILE.yaml", help="training recipe whose data split --val-only uses")
+    p.add_argument("--qualities", default=",".join(map(str, DEFAULT_QUALITIES)), help="JPEG and WebP qualities")
+    p.add_argument("--limit", type=int, help="first N images only (quick look)")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes rd.csv, rd.json and rd.png there")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    prog = "splitedge rd: error:"
+    try:
+        qualities = tuple(int(q) for q in args.qualities.split(","))
+        if not all(1 <= q <= 100 for q in qualities):
+            raise ValueError
+    except ValueError:
+        print(f"{prog} --qualities must be comma-separated integers in 1..100, got {args.qualities!r}", file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        val_only = held_out_rule(args.config, args.checkpoint) if args.val_only else None
+        result = rate_accuracy(args.model, args.images, args.checkpoint, weights=args.weights,
+                               annotations=args.annotations, labels=args.labels, val_only=val_only,
+                               qualities=qualities, limit=args.limit, progress=not args.no_progress)
+    except (ConfigError, DataError, ImageError, WeightsError) as exc:
+        print(f"{prog} {exc}", file=sys.stderr)
+        return 2
+    except KeyError as exc:  # an unknown recipe name
+        print(f"{prog} {exc.args[0]}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(result, out / "rd.csv")
+    (out / "rd.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, out / "rd.png")
+    metric = result["accuracy_metric"]
+    for r in result["rows"]:
+        acc = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        print(f"{r['method']:<8} {r['setting']:<24} {r['bytes_median']:>9.0f} B  {metric} {acc}")
+    orig = result["original"]["accuracy"]
+    print(f"original ({result['images']} images): {metric} {'n/a' if orig is None else f'{orig:.3f}'}")
+    print(f"-> {out / 'rd.csv'}, {out / 'rd.json'}, {out / 'rd.png'}")
+    return 0
+
+
+_HANDLERS = {"train": _train, "eval": _eval, "prefilter": _prefilter, "finetune": _finetune, "rd": _rd}
 
 
 def main(command: str, argv: list[str]) -> int:

@@ -18,7 +18,11 @@ output: checkpoints/x.pt      # where the checkpoint goes (written after every e
 data:   {dir: ..., labels: prefix|FILE.csv|null, val_fraction: 0.2, seed: 0,
          extra_dirs: [...],   # unlabeled folders for training: distillation needs no labels
          hold_out_extra: false}  # true: hold out their share too, by the same rule
-bottleneck: {channels: 128, hidden: 64, downsample: 2, kind: block}   # kind: conv | gdn | block
+bottleneck: {channels: 128, hidden: 64, downsample: 2, kind: block}   # kind: conv | gdn | block | entropic
+# kind entropic (bottlenecks.entropic): an encoder from the image replaces the head; also
+#   prior: factorized | hyperprior, stride_log2: 3 (the split point's stride, as a power of 2),
+#   decoder_hidden: 64 (the edge-side decoder's width), encoder_from: image | split (a learned prior on
+#   the conv bottleneck's latent after the first blocks, started from an 8-bit checkpoint: init_from)
 train:
   epochs: 10
   batch_size: 32
@@ -38,6 +42,12 @@ train:
   seed: 0
   cache_dir: ~/.cache/splitedge/distill   # null: keep the teacher cache in memory only
   threads: null               # torch threads (null: torch's default)
+  # rate-distortion (bottleneck.kind entropic; split.train.rate_distortion):
+  lmbda: 1.0                  # loss = distortion + lmbda x KB per frame (the prior's estimate)
+  init_from: null             # start from this checkpoint's bottleneck (same shape; e.g. another lmbda's)
+  aux_lr: 0.001               # the entropy model's quantile (auxiliary) loss
+  stage2_epochs: 2            # then: the decoder alone, encoder and prior frozen, on hard-quantized latents
+  stage2_lr: 0.0001
 ```
 """
 
@@ -78,6 +88,12 @@ class BottleneckConfig:
     hidden: int = 64
     downsample: int = 0
     kind: str = "conv"
+    prior: str = "factorized"  # kind entropic only
+    stride_log2: int = 3  # kind entropic only
+    decoder_hidden: int = 64  # kind entropic only: the edge-side decoder's width
+    # kind entropic only: "image" (the encoder replaces the head) or "split" (a learned prior on the
+    # conv bottleneck's latent after the backbone's first blocks; init_from an 8-bit checkpoint)
+    encoder_from: str = "image"
 
 
 @dataclass
@@ -102,6 +118,13 @@ class TrainConfig:
     seed: int = 0
     cache_dir: str | None = None
     threads: int | None = None
+    lmbda: float = 0.0
+    # Start the bottleneck (and a trained head copy) from this checkpoint of the same shape, e.g. another
+    # λ's run: a rate-distortion sweep then costs a few epochs per point instead of a whole run.
+    init_from: str | None = None
+    aux_lr: float = 1e-3
+    stage2_epochs: int = 0
+    stage2_lr: float = 1e-4
 
 
 @dataclass
@@ -193,8 +216,12 @@ def _validate(cfg: DistillConfig, file: str) -> None:
     b, t = cfg.bottleneck, cfg.train
     if b.channels < 1 or b.hidden < 2 or b.downsample < 0:
         raise bad("bottleneck", f"needs channels >= 1, hidden >= 2, downsample >= 0; got {dataclasses.asdict(b)}")
-    if b.kind not in ("conv", "gdn", "block"):
-        raise bad("bottleneck.kind", f"must be conv, gdn or block, got {b.kind!r}")
+    if b.kind not in ("conv", "gdn", "block", "entropic"):
+        raise bad("bottleneck.kind", f"must be conv, gdn, block or entropic, got {b.kind!r}")
+    if b.kind == "entropic":
+        _validate_entropic(cfg, bad)
+    elif t.lmbda or t.stage2_epochs:
+        raise bad("train.lmbda", "and train.stage2_epochs apply to bottleneck.kind entropic only")
     if cfg.train.pca_init and b.kind != "block":
         raise bad("train.pca_init", f"needs bottleneck.kind block, got {b.kind!r}")
     if t.epochs < 1 or t.batch_size < 1 or t.augment_repeats < 1:
@@ -209,8 +236,27 @@ def _validate(cfg: DistillConfig, file: str) -> None:
         raise bad("train.milestones", f"must be increasing, got {t.milestones}")
     if t.input_size is not None and t.input_size < 16:
         raise bad("train.input_size", f"must be >= 16, got {t.input_size}")
+    if t.init_from is not None and not Path(t.init_from).is_file():
+        raise bad("train.init_from", f"{t.init_from} is not a file")
     if t.threads is not None and t.threads < 1:
         raise bad("train.threads", f"must be >= 1, got {t.threads}")
+
+
+def _validate_entropic(cfg: DistillConfig, bad: Any) -> None:
+    b, t = cfg.bottleneck, cfg.train
+    if b.prior not in ("factorized", "hyperprior"):
+        raise bad("bottleneck.prior", f"must be factorized or hyperprior, got {b.prior!r}")
+    if not 1 <= b.stride_log2 <= 5 or b.downsample:
+        raise bad("bottleneck", f"entropic needs stride_log2 in 1..5 and downsample 0; got {dataclasses.asdict(b)}")
+    if b.encoder_from not in ("image", "split"):
+        raise bad("bottleneck.encoder_from", f"must be image or split, got {b.encoder_from!r}")
+    if b.encoder_from == "image" and (not t.trainable_head or t.freeze_through is not None):
+        raise bad("train.freeze_through", "must be null with trainable_head true: an entropic encoder replaces the head")
+    if t.lmbda < 0 or t.aux_lr <= 0 or t.stage2_lr <= 0 or t.stage2_epochs < 0:
+        raise bad("train", f"needs lmbda >= 0, aux_lr and stage2_lr > 0, stage2_epochs >= 0; got lmbda {t.lmbda}, "
+                           f"aux_lr {t.aux_lr}, stage2_lr {t.stage2_lr}, stage2_epochs {t.stage2_epochs}")
+    if t.pca_init or t.quantize is False:
+        raise bad("train.quantize", "must stay true and pca_init false for an entropic student")
 
 
 def load_config(path: str | os.PathLike[str]) -> DistillConfig:

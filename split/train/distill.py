@@ -112,7 +112,7 @@ class Distiller:
             channels = SplitModel(self.model, at, None, codec=recipe_sm.codec).split_channels
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"{cfg.source}: split_point: {exc}") from None
-        self.bottleneck = Bottleneck(channels, b.channels, b.hidden, b.downsample, b.kind)
+        self.bottleneck = self._make_bottleneck(channels)
         self.student = SplitModel(self.model, at, self.bottleneck, codec=recipe_sm.codec,
                                   name=recipe_sm.name, own_head=t.trainable_head)
         self.model.requires_grad_(False)
@@ -128,6 +128,19 @@ class Distiller:
         self.optimizer = torch.optim.Adam(self.params, lr=t.lr)
         self.stage_scale: dict[str, float] = {}  # loss stage -> divisor (normalize_stages)
         self._load_data()
+
+    def _make_bottleneck(self, channels: int) -> nn.Module:
+        b = self.cfg.bottleneck
+        return Bottleneck(channels, b.channels, b.hidden, b.downsample, b.kind)
+
+    def model_input(self, views: Tensor) -> Tensor:
+        """The network's input for a batch of training views in [0, 1] (the teacher's and the student's)."""
+        return normalize_batch(self.student.adapter, views)
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of the whole run (a rate-distortion run adds its second stage's)."""
+        return self.cfg.train.epochs
 
     # -- data and caches ------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -155,7 +168,7 @@ class Distiller:
         wanted = set(p.loss_stages) | ({p.names[p.k]} if with_logits else set())
 
         def run(views: Tensor) -> dict[str, Tensor]:
-            x = normalize_batch(self.student.adapter, views)
+            x = self.model_input(views)
             out: dict[str, Tensor] = {}
             if p.input_is_image:
                 out["input"] = (views * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
@@ -324,6 +337,17 @@ class Distiller:
                  f"{2 ** self.bottleneck.downsample}x{2 ** self.bottleneck.downsample} blocks keep "
                  f"{100 * kept:.1f} % of the variance ({len(feats)} samples)")
 
+    def _init_from(self, path: str, cache: TeacherCache) -> None:
+        """Load the bottleneck (and a trained head copy) of an earlier run of the same shape."""
+        ckpt = load_checkpoint(path)
+        if ckpt.get("bottleneck_spec") != self.bottleneck.spec() or ckpt.get("split_point") != self.student.at:
+            raise ConfigError(f"{self.cfg.source}: train.init_from {path} holds bottleneck {ckpt.get('bottleneck_spec')} "
+                              f"at {ckpt.get('split_point')!r}; this run trains {self.bottleneck.spec()} at {self.student.at!r}")
+        self.bottleneck.load_state_dict(ckpt["bottleneck"])
+        if "head" in ckpt and self.cfg.train.trainable_head:
+            self.student.head.chain.load_state_dict(ckpt["head"])
+        self.log(f"init_from: bottleneck{' and head' if 'head' in ckpt else ''} of {path} (epoch {ckpt.get('epoch')})")
+
     # -- checkpoints ----------------------------------------------------------------------------
     def checkpoint(self, epoch: int, history: list[dict[str, float]]) -> dict[str, Any]:
         ckpt: dict[str, Any] = {
@@ -378,6 +402,19 @@ class Distiller:
         return int(ckpt.get("epoch", 0)), list(ckpt.get("history", []))
 
     # -- the loop -------------------------------------------------------------------------------
+    def step(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """One optimizer step on one batch; returns the loss and its parts."""
+        loss, parts = self.loss(self.student_forward(batch, self.cfg.train.quantize), batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, parts
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before each epoch (0-based): sets the learning rate."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(epoch)
+
     def lr_at(self, epoch: int) -> float:
         t = self.cfg.train
         return t.lr * t.gamma ** sum(1 for m in t.milestones if epoch >= m)
@@ -386,10 +423,11 @@ class Distiller:
         from tqdm import tqdm
 
         t = self.cfg.train
+        total = self.total_epochs
         start, history = self.resume() if resume else (0, [])
         out = Path(self.cfg.output)
-        if start >= t.epochs:
-            self.log(f"{out} already holds epoch {start} of {t.epochs}; nothing to do")
+        if start >= total:
+            self.log(f"{out} already holds epoch {start} of {total}; nothing to do")
             return TrainResult(out, 0, history)
         began = time.monotonic()
         train_cache, val_cache = self._caches()
@@ -398,28 +436,26 @@ class Distiller:
             self._stage_scales(train_cache)
         if start == 0 and t.pca_init:
             self._pca_init(train_cache)
+        if start == 0 and t.init_from:
+            self._init_from(t.init_from, train_cache)
         if start == 0 and val_cache is not None:
             self.log("before training: " + ", ".join(f"{k} {v:.4g}" for k, v in self.validate(val_cache).items()))
         self.log(f"distilling {self.cfg.recipe} at {self.student.at} ({self.weights_source}); bottleneck "
                  f"{self.bottleneck.spec()}; loss {t.loss} on {', '.join(self.plan.loss_stages)}"
                  + (f" + {t.kd_weight} x KL" if self.plan.kd else "")
                  + f"; trainable: {len(self.trainable_head)} head stages + bottleneck, "
-                 f"{sum(q.numel() for q in self.params)} parameters; epochs {start + 1}..{t.epochs}")
-        for epoch in range(start, t.epochs):
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(epoch)
+                 f"{sum(q.numel() for q in self.params)} parameters; epochs {start + 1}..{total}")
+        for epoch in range(start, total):
+            self.begin_epoch(epoch)
             order = torch.randperm(train_cache.n, generator=torch.Generator().manual_seed(t.seed * 7919 + epoch))
             self._train_mode(True)
-            bar = tqdm(total=train_cache.n, desc=f"epoch {epoch + 1}/{t.epochs}", unit="sample",
+            bar = tqdm(total=train_cache.n, desc=f"epoch {epoch + 1}/{total}", unit="sample",
                        file=sys.stderr, disable=not self.progress, mininterval=5)
             sums: dict[str, float] = {}
             steps = 0
             for b in range(0, train_cache.n, t.batch_size):
                 batch = train_cache.batch(order[b : b + t.batch_size].tolist())
-                loss, parts = self.loss(self.student_forward(batch, t.quantize), batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
+                loss, parts = self.step(batch)
                 steps += 1
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 for k, v in parts.items():
@@ -437,12 +473,16 @@ class Distiller:
             self.log("epoch {epoch}: ".format(epoch=epoch + 1) + ", ".join(
                 f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch",)) + f" -> {out}")
         wall = time.monotonic() - began
-        return TrainResult(out, t.epochs - start, history, wall, cache_s)
+        return TrainResult(out, total - start, history, wall, cache_s)
 
 
 def train(cfg: DistillConfig, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] | None = None) -> TrainResult:
     """Distill `cfg`'s recipe; writes `cfg.output` after every epoch. See the module docstring."""
+    if cfg.bottleneck.kind == "entropic":
+        from split.train.rate_distortion import RateDistortionDistiller
+
+        return RateDistortionDistiller(cfg, progress=progress, log=log).run(resume=resume)
     return Distiller(cfg, progress=progress, log=log).run(resume=resume)
 
 

@@ -62,8 +62,8 @@ from split.train.data import DataError, LabeledImages, train_val_split
 from split.train.prefilter import labels_from_coco, labels_from_teacher, prefilter_metrics, roc_auc
 from split.weights import load_checkpoint
 
-__all__ = ["DEFAULT_QUALITIES", "coco_map", "coco_results", "evaluate", "format_summary", "map_ratio_ci",
-           "plot"]
+__all__ = ["DEFAULT_QUALITIES", "EvalImages", "coco_map", "coco_results", "detached", "evaluate", "format_summary",
+           "map_ratio_ci", "measure_accuracy", "plot"]
 
 DEFAULT_QUALITIES = (50, 75, 90)
 GT_SCORE = 0.5  # the original's detections at or above this score are the ground truth of map_vs_original
@@ -165,7 +165,7 @@ def map_ratio_ci(gt: Any, image_ids: list[int], reference: list[dict[str, Tensor
 
 
 # -- the run ----------------------------------------------------------------------------------
-class _Images:
+class EvalImages:
     """What eval iterates: images, and labels (classifier) or COCO targets (detector)."""
 
     def __init__(self, images: str, annotations: str | None, labels: str | None) -> None:
@@ -196,11 +196,29 @@ class _Images:
         return self.coco.image_ids if self.coco is not None else list(range(1, len(self.files) + 1))
 
 
+def measure_accuracy(outputs: list[dict[str, Tensor]], originals: list[dict[str, Tensor]], data: EvalImages,
+                     base: SplitModel, sizes: list[tuple[int, int]], vs_original: bool) -> dict[str, Any]:
+    """The accuracy entry of `outputs` on `data`'s images (in order): classifiers `top1`, `top1_agreement`
+    with `originals`; detectors `map`, `map50` (on `base.classes` only, when it has a subset) and, with
+    `vs_original`, `map_vs_original`. `sizes`: each image's (height, width)."""
+    if base.family == "classifier":
+        return _classifier_accuracy(_top1(outputs), data.labels, _top1(originals))
+    acc: dict[str, Any] = {"map": None, "map50": None}
+    ids = data.image_ids
+    if data.coco is not None:
+        classes = sorted(base.classes) if base.classes is not None else None
+        acc["map"], acc["map50"] = coco_map(data.coco.annotations.index, coco_results(outputs, ids), ids, classes)
+    if vs_original:
+        gt = _gt_from_outputs(originals, ids, sizes)
+        acc["map_vs_original"] = coco_map(gt, coco_results(outputs, ids), ids)[0] if gt.dataset["annotations"] else None
+    return acc
+
+
 def _median(values: list[int]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def _prefilter_section(checkpoint: str | None, model: SplitModel, data: _Images,
+def _prefilter_section(checkpoint: str | None, model: SplitModel, data: EvalImages,
                        images: list[Tensor]) -> dict[str, float | None] | None:
     """The checkpoint's prefilter on these images; null unless it holds a "prefilter" state."""
     if checkpoint is None:
@@ -248,7 +266,7 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
     from split.recipes import build
 
     log = log or (lambda s: print(s, file=sys.stderr))
-    data = _Images(str(images), annotations, labels)
+    data = EvalImages(str(images), annotations, labels)
     if val_only is not None:
         if part not in ("train", "val"):
             raise ValueError(f"part must be 'train' or 'val', got {part!r}")
@@ -282,30 +300,20 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
         img = load_image(path)
         sizes.append((int(img.shape[-2]), int(img.shape[-1])))
         with torch.inference_mode():
-            originals.append(_detach(base.full(img)))
+            originals.append(detached(base.full(img)))
             for i, (sm, _) in enumerate(models):
                 payload = sm.encode([img])[0]
                 split_bytes[i].append(len(payload))
-                splits[i].append(_detach(sm.decode(payload)))
+                splits[i].append(detached(sm.decode(payload)))
             for q in qualities:
                 payload = base.encode_image(img, q).SerializeToString()
                 offload_bytes[q].append(len(payload))
-                offload[q].append(_detach(base.decode(payload)))
+                offload[q].append(detached(base.decode(payload)))
         if keep_images:
             loaded.append(img)
 
     def accuracy(outputs: list[dict[str, Tensor]], vs_original: bool) -> dict[str, Any]:
-        if family == "classifier":
-            return _classifier_accuracy(_top1(outputs), data.labels, _top1(originals))
-        acc: dict[str, Any] = {"map": None, "map50": None}
-        ids = data.image_ids
-        if data.coco is not None:
-            classes = sorted(base.classes) if base.classes is not None else None
-            acc["map"], acc["map50"] = coco_map(data.coco.annotations.index, coco_results(outputs, ids), ids, classes)
-        if vs_original:
-            gt = _gt_from_outputs(originals, ids, sizes)
-            acc["map_vs_original"] = coco_map(gt, coco_results(outputs, ids), ids)[0] if gt.dataset["annotations"] else None
-        return acc
+        return measure_accuracy(outputs, originals, data, base, sizes, vs_original)
 
     result: dict[str, Any] = {
         "model": model, "family": family, "weights": weights, "images": len(data.files),
@@ -337,7 +345,7 @@ def evaluate(model: str, images: str | os.PathLike[str], checkpoints: list[str] 
     return result
 
 
-def _detach(out: dict[str, Tensor]) -> dict[str, Tensor]:
+def detached(out: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in out.items() if k in ("boxes", "labels", "scores")}
 
 

@@ -18,7 +18,7 @@ from split.adapters import ClassifierAdapter, Stage
 from split.api import SplitModel
 from split.train.config import ConfigError, DistillConfig
 
-__all__ = ["Plan", "center_view", "default_ghnd_stages", "model_size", "normalize_batch", "stage_shapes"]
+__all__ = ["Plan", "center_view", "default_ghnd_stages", "model_size", "normalize_batch", "stage_shapes", "unresized_input"]
 
 
 def stage_shapes(stages: list[Stage], size: int, adapter: Any) -> list[tuple[int, ...]]:
@@ -58,6 +58,15 @@ def normalize_batch(adapter: Any, images: Tensor) -> Tensor:
         std = torch.tensor(adapter.std).view(1, 3, 1, 1)
         return (images - mean) / std
     return torch.cat([adapter.preprocess(im).tensor for im in images])
+
+
+def unresized_input(adapter: Any, images: Tensor) -> Tensor:
+    """The model's normalization of a batch in [0, 1] without its resize: a fully convolutional
+    student (an entropic encoder) trains on crops smaller than the model's input, which costs a
+    fraction of the CPU; teacher and student must then both see the crop as it is."""
+    if isinstance(adapter, ClassifierAdapter):
+        return normalize_batch(adapter, images)
+    return adapter.model.transform.normalize(images)
 
 
 def model_size(adapter: Any) -> int:
