@@ -8,7 +8,9 @@ latent of `channels` channels at the split point's stride, a learned prior gives
 quantized latent value a probability, and a range coder spends -log2 p bits on it; on the
 edge a decoder rebuilds the teacher's features at the split point and the rest of the
 network runs unchanged. Rate-distortion distillation (`split.train.rate_distortion`) trains
-encoder, prior and decoder together, λ trading bytes for fidelity.
+encoder, prior and decoder together, λ trading bytes for fidelity. With `encoder_from="split"`
+the backbone's first blocks stay on the device and the prior codes the hnd-ghnd conv
+bottleneck's latent instead: the shipped default (docs/entropic.md).
 
 Sized for this device, not for ResNet-50: sc2bench's two 5x5 convolutions at 192 channels
 would cost more than MobileNetV2's whole backbone, so here the first layer is a 5x5 stride-2

@@ -18,7 +18,7 @@ a 160 px crop costs a third of a 300 px frame's CPU. The rate term is scaled to 
 model's size (bits grow with the area), so λ means the same at any crop size.
 
 Why KB per frame as the rate unit: it is what the README and the controller count, so λ reads
-as "one KB is worth this much distortion". The CDF tables are computed (`prepare(force=True)`)
+as "one KB (1,024 bytes) is worth this much distortion". The CDF tables are computed (`prepare(force=True)`)
 before each checkpoint is written, so every checkpoint decodes with the tables it carries.
 """
 
@@ -129,11 +129,11 @@ class RateDistortionDistiller(Distiller):
 
     def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         distortion, parts = super().loss(out, batch)
+        if self.stage == 2:  # the rate is fixed (encoder and prior frozen): distortion only
+            return distortion, parts
         kb = out["bits"].mean() * self.rate_scale / _BITS_PER_KB
         parts["kb"] = float(kb.detach())
-        if self.stage == 1:
-            return distortion + self.cfg.train.lmbda * kb, parts
-        return distortion, parts
+        return distortion + self.cfg.train.lmbda * kb, parts
 
     def step(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         loss, parts = super().step(batch)
