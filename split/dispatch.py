@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"splitedge: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from split.numerics import flush_denormals
+
+    flush_denormals()  # every splitedge process computes with denormals flushed (split/numerics.py)
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(command, rest) or 0)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torchvision
 
@@ -171,12 +170,6 @@ def build(name: str, weights: str | None = None, checkpoint: str | os.PathLike[s
     without a checkpoint either, its distilled split (`Recipe.split_checkpoint`) goes over it.
     """
     recipe = get_recipe(name)
-    # Denormal floats slow CPU convolutions many-fold: the entropy-coded default's head ran 35 ms on
-    # most frames and ~900 ms on some with them (scripts/demo.py, `make demo`). Every process that
-    # builds a model here computes with them flushed to zero (a process-wide setting; values < 1e-38).
-    for t in (np.float32, np.float64):  # computed (and cached) first: numpy warns when it meets flushed denormals
-        np.finfo(t).smallest_subnormal
-    torch.set_flush_denormal(True)
     by_name = weights is None
     if by_name:
         weights = recipe.default_weights()

@@ -72,3 +72,14 @@ def no_cached_weights(monkeypatch, tmp_path_factory):
     """An empty torch hub cache: recipes with default weights (`Recipe.weights`) build their seeded
     random init, as on a machine where `make weights` never ran."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch-home")))
+
+
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """`splitedge` commands and distillation flush denormals in the calling thread (split/numerics.py);
+    a test that runs one in-process must not leave the setting to the next (hypothesis refuses
+    to draw floats under it)."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)

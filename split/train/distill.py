@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from bottlenecks import Bottleneck
 from split.api import SplitModel
 from split.images import load_image
+from split.numerics import flush_denormals
 from split.train.config import ConfigError, DistillConfig, config_from_dict, load_config
 from split.train.data import DataError, DistillAugment, LabeledImages, train_val_split
 from split.train.plan import Plan, center_view, model_size, normalize_batch
@@ -96,7 +97,7 @@ class Distiller:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        torch.set_flush_denormal(True)  # denormal floats slow CPU convolutions many-fold
+        flush_denormals()  # denormal floats slow CPU convolutions many-fold
         # The recipe's split, codec, name; the teacher is the shipped network itself (`weights: null`:
         # the recipe's own, `Recipe.checkpoint` or its cached `Recipe.weights`), never a previously
         # distilled split of it (`Recipe.split_checkpoint`).
