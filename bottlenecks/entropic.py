@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from bottlenecks.codecs import CodecError, EncodedTensor, TensorCodec
-from bottlenecks.modules import BottleneckSpecError
+from bottlenecks.modules import BottleneckSpecError, build_from_spec, check_spec_keys
 
 __all__ = ["ENCODER_INPUTS", "ENTROPIC_PRIORS", "EntropicStudent", "EntropyCodec"]
 
@@ -284,18 +284,13 @@ class EntropicStudent(nn.Module):
     def from_spec(cls, in_channels: int, spec: dict[str, Any]) -> "EntropicStudent":
         """Rebuild from `spec()`; BottleneckSpecError for unknown keys or another compressai version."""
         known = {"kind", "channels", "hidden", "stride_log2", "prior", "decoder_hidden", "encoder_from", "compressai"}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise BottleneckSpecError(f"entropic spec has unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        check_spec_keys(spec, known, "entropic")
         made_with, here = spec.get("compressai"), _compressai_version()
         if made_with != here:
             raise BottleneckSpecError(f"entropy tables were made with compressai {made_with}, this is {here}: its coder "
                                       f"may read them differently; install compressai=={made_with} or retrain")
         args = {k: v for k, v in spec.items() if k != "compressai"}
-        try:
-            return cls(in_channels, **args)
-        except (TypeError, ValueError) as exc:
-            raise BottleneckSpecError(f"entropic spec {spec} cannot be built: {exc}") from None
+        return build_from_spec(cls, in_channels, args, spec, "entropic")
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, channels={self.channels}, hidden={self.hidden}, "

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["BOTTLENECK_KINDS", "Bottleneck", "BottleneckSpecError", "bottleneck_from_spec"]
+__all__ = ["BOTTLENECK_KINDS", "Bottleneck", "BottleneckSpecError", "bottleneck_from_spec", "build_from_spec", "check_spec_keys"]
 
 BOTTLENECK_KINDS = ("conv", "gdn", "block")
 
@@ -211,18 +211,27 @@ class Bottleneck(nn.Module):
         """Rebuild a bottleneck from `spec()`'s dict; a bad spec raises BottleneckSpecError."""
         if not isinstance(spec, dict):
             raise BottleneckSpecError(f"bottleneck spec must be a dict, got {type(spec).__name__}")
-        known = {"channels", "hidden", "downsample", "kind"}
-        unknown = sorted(set(spec) - known)
-        if unknown:
-            raise BottleneckSpecError(f"bottleneck spec has unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        try:
-            return cls(in_channels, **spec)
-        except (TypeError, ValueError) as exc:
-            raise BottleneckSpecError(f"bottleneck spec {spec} cannot be built: {exc}") from None
+        check_spec_keys(spec, {"channels", "hidden", "downsample", "kind"}, "bottleneck")
+        return build_from_spec(cls, in_channels, spec, spec, "bottleneck")
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, channels={self.channels}, hidden={self.hidden}, "
                 f"downsample={self.downsample}, kind={self.kind!r}")
+
+
+def check_spec_keys(spec: dict[str, Any], known: set[str], what: str) -> None:
+    """BottleneckSpecError naming the first key of a checkpoint's spec that `known` lacks."""
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise BottleneckSpecError(f"{what} spec has unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+
+
+def build_from_spec(cls: type, in_channels: int, args: dict[str, Any], spec: dict[str, Any], what: str) -> nn.Module:
+    """`cls(in_channels, **args)`, or BottleneckSpecError saying why the constructor refused `spec`."""
+    try:
+        return cls(in_channels, **args)
+    except (TypeError, ValueError) as exc:
+        raise BottleneckSpecError(f"{what} spec {spec} cannot be built: {exc}") from None
 
 
 def bottleneck_from_spec(in_channels: int, spec: dict[str, Any]) -> nn.Module:

@@ -28,6 +28,27 @@ def _models(argv: list[str]) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int] | None:
+    """`HxW` (both at least 16 px), or None."""
+    try:
+        size = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        return None
+    return size if len(size) == 2 and min(size) >= 16 else None  # type: ignore[return-value]
+
+
+def _build(args: argparse.Namespace, command: str) -> tuple["SplitModel", str] | None:
+    """The recipe `args` name, with its weights and checkpoint; None after one line saying why not."""
+    from split.recipes import build
+    from split.weights import WeightsError
+
+    try:
+        return build(args.model, weights=args.weights, checkpoint=args.checkpoint)
+    except (KeyError, WeightsError) as exc:
+        print(f"splitedge {command}: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return None
+
+
 def _profile(argv: list[str]) -> int:
     import json
     from pathlib import Path
@@ -35,8 +56,7 @@ def _profile(argv: list[str]) -> int:
     from tqdm import tqdm
 
     from split.profiling import profile_model, scale_profile
-    from split.recipes import build, default_recipe
-    from split.weights import WeightsError
+    from split.recipes import default_recipe
 
     p = argparse.ArgumentParser(prog="splitedge profile", description="Measure a model's latencies on this machine.")
     p.add_argument("--model", default=default_recipe().name)
@@ -56,21 +76,17 @@ def _profile(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
-        if any(len(s) != 2 or min(s) < 16 for s in sizes):
-            raise ValueError
-    except ValueError:
+    sizes = [_size(s) for s in args.sizes.split(",")]
+    if None in sizes:
         print(f"splitedge profile: error: --sizes must look like 480x640[,720x1280], got {args.sizes!r}", file=sys.stderr)
         return 2
     if args.device_slowdown <= 0:
         print("splitedge profile: error: --device-slowdown must be positive", file=sys.stderr)
         return 2
-    try:
-        model, source = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
-    except (KeyError, WeightsError) as exc:
-        print(f"splitedge profile: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    built = _build(args, "profile")
+    if built is None:
         return 2
+    model, source = built
     print(f"profile {args.model}: weights {source}", file=sys.stderr)
     bar = tqdm(total=len(sizes) * 4, desc="profile", unit="image", file=sys.stderr)
     prof = profile_model(model, sizes, args.images, args.repeat, args.jpeg_quality, progress=lambda _: bar.update())
@@ -90,8 +106,7 @@ def _export(argv: list[str]) -> int:
     from pathlib import Path
 
     from split.export import ONNX_OPSET, export_onnx
-    from split.recipes import build, default_recipe
-    from split.weights import WeightsError
+    from split.recipes import default_recipe
 
     p = argparse.ArgumentParser(prog="splitedge export", description=(
         "Export a recipe as an ONNX bundle: device/head.onnx (preprocessed frame -> wire tensor before the "
@@ -107,18 +122,14 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--verify", metavar="FOLDER", help="run the bundle with onnxruntime beside PyTorch on these frames "
                    "(jpg/png, recursively) and record the worst differences in the manifest's `parity`")
     args = p.parse_args(argv)
-    try:
-        size = tuple(int(v) for v in args.size.lower().split("x"))
-        if len(size) != 2 or min(size) < 16:
-            raise ValueError
-    except ValueError:
+    size = _size(args.size)
+    if size is None:
         print(f"splitedge export: error: --size must look like 480x640, got {args.size!r}", file=sys.stderr)
         return 2
-    try:
-        model, source = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
-    except (KeyError, WeightsError) as exc:
-        print(f"splitedge export: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    built = _build(args, "export")
+    if built is None:
         return 2
+    model, source = built
     print(f"export {args.model}: weights {source}", file=sys.stderr)
     if model.prefilter is not None:
         print("export: the checkpoint's prefilter is not exported (data-dependent); the ONNX head sends every frame",

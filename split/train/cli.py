@@ -41,6 +41,15 @@ def _train(argv: list[str]) -> int:
 
 
 
+def _qualities(text: str) -> tuple[int, ...] | None:
+    """`--qualities` of eval and rd: comma-separated JPEG/WebP qualities in 1..100, or None."""
+    try:
+        qualities = tuple(int(q) for q in text.split(","))
+    except ValueError:
+        return None
+    return qualities if all(1 <= q <= 100 for q in qualities) else None
+
+
 def _eval(argv: list[str]) -> int:
     import json
     from pathlib import Path
@@ -80,11 +89,8 @@ def _eval(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        qualities = tuple(int(q) for q in args.qualities.split(","))
-        if not all(1 <= q <= 100 for q in qualities):
-            raise ValueError
-    except ValueError:
+    qualities = _qualities(args.qualities)
+    if qualities is None:
         print(f"{prog} --qualities must be comma-separated integers in 1..100, got {args.qualities!r}", file=sys.stderr)
         return 2
     if args.bootstrap < 0:
@@ -333,11 +339,8 @@ def _rd(argv: list[str]) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     prog = "splitedge rd: error:"
-    try:
-        qualities = tuple(int(q) for q in args.qualities.split(","))
-        if not all(1 <= q <= 100 for q in qualities):
-            raise ValueError
-    except ValueError:
+    qualities = _qualities(args.qualities)
+    if qualities is None:
         print(f"{prog} --qualities must be comma-separated integers in 1..100, got {args.qualities!r}", file=sys.stderr)
         return 2
     if args.threads:

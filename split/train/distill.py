@@ -249,7 +249,12 @@ class Distiller:
         z = self.bottleneck.encode(x)
         if quantize:
             z = fake_quantize(z)
-        x = self.bottleneck.decode(z, size)
+        return self.through_tail(self.bottleneck.decode(z, size))
+
+    def through_tail(self, x: Tensor) -> dict[str, Tensor]:
+        """Decoded split-point features through the teacher's frozen later stages, as far as the
+        loss needs: the outputs at the loss stages (and the logits, for KL)."""
+        p = self.plan
         out: dict[str, Tensor] = {}
         if p.names[p.k] in p.loss_stages:
             out[p.names[p.k]] = x

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from bottlenecks import EntropicStudent
-from split.train.distill import LOGITS, Distiller
+from split.train.distill import Distiller
 from split.train.plan import model_size, unresized_input
 from split.train.teacher_cache import TeacherCache
 from split.train.config import ConfigError
@@ -114,18 +114,8 @@ class RateDistortionDistiller(Distiller):
         return st.decoder(y_hat), torch.zeros(len(cached))
 
     def student_forward(self, batch: dict[str, Tensor], quantize: bool) -> dict[str, Tensor]:
-        p = self.plan
         x, bits = self._features(batch["input"])
-        out: dict[str, Tensor] = {"bits": bits}
-        if p.names[p.k] in p.loss_stages:
-            out[p.names[p.k]] = x
-        for i in range(p.k + 1, p.run_to + 1):
-            x = self.teacher_stages[i].module(x)
-            if p.names[i] in p.loss_stages:
-                out[p.names[i]] = x
-        if p.kd:
-            out[LOGITS] = x
-        return out
+        return {**self.through_tail(x), "bits": bits}
 
     def loss(self, out: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         distortion, parts = super().loss(out, batch)
