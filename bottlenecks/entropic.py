@@ -31,11 +31,12 @@ Two priors, compressai's:
   runtimes (torch on the edge, ONNX Runtime on a lean device) may round one scale across a
   table boundary and the stream then decodes into garbage. Kept for the rate curve.
 
-The codec (`EntropyCodec`) is this module's: compressai's rANS coder (`compressai.ans`) on
-the quantized CDF tables, which `prepare()` computes once (after training, or at load when a
-checkpoint holds none) and the state dict carries, so no frame ever recomputes them. A
-checkpoint records the compressai version that made its tables; another version refuses it
-with a message (`BottleneckSpecError`), since its coder may read the same tables differently.
+The codec (`EntropyCodec`) codes with `bottlenecks.wire.TableCoder` (constriction's ANS, numpy
+only, so that a device without torch writes the same bytes) on compressai's quantized CDF
+tables, which `prepare()` computes once (after training, or at load when a checkpoint holds
+none) and the state dict carries, so no frame ever recomputes them. A checkpoint records the
+compressai version that made its tables; another version refuses it with a message
+(`BottleneckSpecError`), since it may compute other tables from the same densities.
 """
 
 from __future__ import annotations
@@ -44,23 +45,18 @@ import math
 import struct
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from bottlenecks.codecs import CodecError, EncodedTensor, TensorCodec
+from bottlenecks.wire import TableCoder
 from bottlenecks.modules import BottleneckSpecError, build_from_spec, check_spec_keys
 
 __all__ = ["ENCODER_INPUTS", "ENTROPIC_PRIORS", "EntropicStudent", "EntropyCodec"]
 
 ENTROPIC_PRIORS = ("factorized", "hyperprior")
 ENCODER_INPUTS = ("image", "split")
-# Bytes of zeros appended before decoding, per coded value: compressai's rANS decoder reads
-# 32-bit words without bounds checks, at most one per value once the real bytes are spent
-# (measured: tests/test_entropic.py's fuzz), so a short or hostile string cannot make it read
-# past its buffer.
-_PAD_PER_VALUE = 4
-
-
 def _compressai_version() -> str:
     import compressai
 
@@ -127,7 +123,7 @@ class _Hyperprior(nn.Module):
 
 
 class EntropicStudent(nn.Module):
-    """Image -> latent (device) -> learned prior and rANS bytes -> features at the split point (edge).
+    """Image -> latent (device) -> learned prior and ANS bytes -> features at the split point (edge).
 
     The `Bottleneck` contract where it applies (`encoder`, `decoder`, `channels`,
     `in_channels` = the split point's channels, `downsample` = 0: the latent is at the split
@@ -169,6 +165,7 @@ class EntropicStudent(nn.Module):
 
             conv = Bottleneck(in_channels, channels, hidden, 0, "conv")
             self.encoder, self.decoder = conv.encoder, conv.decoder
+        self._coders: dict[str, TableCoder] = {}  # built from the tables once (`table_coder`)
         if prior == "factorized":
             self.entropy: nn.Module = EntropyBottleneck(channels)
         else:
@@ -217,6 +214,7 @@ class EntropicStudent(nn.Module):
     # -- the codec ----------------------------------------------------------------------------
     def prepare(self, force: bool = False) -> None:
         """Compute the quantized CDF tables (once: after training or when a checkpoint holds none)."""
+        self._coders.clear()
         if self.prior == "factorized":
             self.entropy.update(force=force)
             return
@@ -233,26 +231,29 @@ class EntropicStudent(nn.Module):
         return EntropyCodec(self)
 
     def compress(self, y: Tensor) -> bytes:
-        """The rANS bytes of one latent [1, C, h, w] (the hyperprior's: z's bytes, then y's)."""
-        if not self.prepared():
-            raise CodecError("entropy tables are not prepared: call prepare() once after training or loading")
+        """The coder's bytes of one latent [1, C, h, w] (the hyperprior's: z's length and bytes, then y's)."""
         if self.prior == "factorized":
-            return self.entropy.compress(y)[0]
+            return self.table_coder().encode(self.symbols(y), _channel_indexes(y.shape))
         hp = self.entropy
         z = hp.h_a(torch.abs(y))
-        z_string = hp.z_prior.compress(z)[0]
-        z_hat = hp.z_prior.decompress([z_string], tuple(z.shape[-2:]))
+        z_symbols = hp.z_prior.quantize(z, "symbols", hp.z_prior._get_medians())
+        z_string = self.table_coder("z").encode(z_symbols.numpy(), _channel_indexes(z.shape))
+        z_hat = self._dequantized(z_symbols.numpy(), hp.z_prior)
         indexes = hp.y_prior.build_indexes(hp.scales(z_hat, tuple(y.shape[-2:])))
-        y_string = hp.y_prior.compress(y, indexes)[0]
+        y_string = self.table_coder("y").encode(hp.y_prior.quantize(y, "symbols").numpy(), indexes.numpy())
         return struct.pack("<I", len(z_string)) + z_string + y_string
+
+    def symbols(self, y: Tensor) -> np.ndarray:
+        """The integers a factorized prior codes for latent y: round half to even of y - medians[c]
+        (what a lean device computes from the ONNX head's output, in numpy; the bundle's manifest)."""
+        return self.entropy.quantize(y, "symbols", self.entropy._get_medians()).numpy()
 
     def decompress(self, data: bytes, size: tuple[int, int]) -> Tensor:
         """The quantized latent [1, C, h, w] of `compress`'s bytes, bit-exactly."""
-        if not self.prepared():
-            raise CodecError("entropy tables are not prepared: call prepare() once after training or loading")
         h, w = size
         if self.prior == "factorized":
-            return self.entropy.decompress([_padded(data, self.channels * h * w)], (h, w))
+            symbols = self.table_coder().decode(data, _channel_indexes((1, self.channels, h, w)))
+            return self._dequantized(symbols, self.entropy)
         hp = self.entropy
         if len(data) < 4:
             raise CodecError(f"entropy-hyperprior: {len(data)} bytes hold no side-information length")
@@ -261,13 +262,30 @@ class EntropicStudent(nn.Module):
             raise CodecError(f"entropy-hyperprior: side information claims {nz} bytes, {len(data) - 4} follow")
         zh, zw = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
         z_channels = hp.z_prior._quantized_cdf.shape[0]
-        z_hat = hp.z_prior.decompress([_padded(data[4 : 4 + nz], z_channels * zh * zw)], (zh, zw))
-        indexes = hp.y_prior.build_indexes(hp.scales(z_hat, (h, w)))
-        return hp.y_prior.decompress([_padded(data[4 + nz :], self.channels * h * w)], indexes, z_hat.dtype)
+        z_symbols = self.table_coder("z").decode(data[4 : 4 + nz], _channel_indexes((1, z_channels, zh, zw)))
+        indexes = hp.y_prior.build_indexes(hp.scales(self._dequantized(z_symbols, hp.z_prior), (h, w)))
+        return torch.from_numpy(self.table_coder("y").decode(data[4 + nz :], indexes.numpy())).float()
+
+    def table_coder(self, which: str = "y") -> TableCoder:
+        """The coder over one prior's tables (`y`: the latent's; `z`: the hyperprior's side
+        information), built once from the prepared tables and kept until they change."""
+        if not self.prepared():
+            raise CodecError("entropy tables are not prepared: call prepare() once after training or loading")
+        coder = self._coders.get(which)
+        if coder is None:
+            prior = self.entropy if self.prior == "factorized" else getattr(self.entropy, f"{which}_prior")
+            coder = TableCoder(prior._quantized_cdf.numpy(), prior._cdf_length.numpy(), prior._offset.numpy())
+            self._coders[which] = coder
+        return coder
+
+    @staticmethod
+    def _dequantized(symbols: np.ndarray, prior: nn.Module) -> Tensor:
+        return torch.from_numpy(symbols).float() + prior._get_medians().detach().reshape(1, -1, 1, 1)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Size the CDF buffers (empty until `prepare`) to the checkpoint's before loading them."""
+        self._coders.clear()
         for name, buf in list(self.named_buffers()):
             key = prefix + name
             if name.rsplit(".", 1)[-1] in ("_quantized_cdf", "_offset", "_cdf_length", "scale_table") and key in state_dict:
@@ -297,12 +315,14 @@ class EntropicStudent(nn.Module):
                 f"stride_log2={self.stride_log2}, prior={self.prior!r}, decoder_hidden={self.decoder_hidden}")
 
 
-def _padded(data: bytes, values: int) -> bytes:
-    return bytes(data) + bytes(_PAD_PER_VALUE * values + 16)
+def _channel_indexes(shape: tuple[int, ...] | torch.Size) -> np.ndarray:
+    """A factorized prior's table of every value of a latent [1, C, h, w]: its channel."""
+    _, c, h, w = (int(d) for d in shape)
+    return np.broadcast_to(np.arange(c, dtype=np.int64).reshape(c, 1, 1), (c, h, w))
 
 
 class EntropyCodec(TensorCodec):
-    """The latent as rANS bytes under the student's prior; `decode` restores the quantized latent exactly.
+    """The latent as ANS bytes under the student's prior; `decode` restores the quantized latent exactly.
 
     `encode` takes the encoder's output y (unquantized) and codes round(y) around the prior's
     medians; `decode` gives that quantized latent. The wire tensor's `shape` is the latent's,

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from functools import partial
+from pathlib import Path
 
 from split.cli_util import fail
 from split.recipes import build, default_recipe, get_recipe
@@ -61,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
                           "pip install 'splitedge[ray]'; a local Ray cluster unless RAY_ADDRESS names one)")
     bat.add_argument("--replicas", type=int, metavar="N", help="with --backend ray: replicas per model (default 1)")
     p.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics on --host:P (0: any free port)")
+    web = p.add_argument_group("browser page", "the page and its WebRTC endpoint, on --host beside gRPC, with the same "
+                               "TLS and tokens (docs/browser.md; pip install 'splitedge[web]'; build it: make web)")
+    web.add_argument("--web-port", type=int, metavar="P", help="serve the page on --host:P (0: any free port)")
+    web.add_argument("--web-bundle", metavar="DIR", help="the ONNX bundle whose head split mode runs in the page "
+                     "(default: edge_server/web/model, written by `make web`)")
+    web.add_argument("--web-ice-host", action="append", metavar="ADDR",
+                     help="address for the server's ICE host candidates (repeatable; default: --host, or every "
+                          "non-loopback address when --host is 0.0.0.0)")
+    web.add_argument("--web-max-peers", type=int, default=8, metavar="N", help="browser sessions at once")
     return p
 
 
@@ -79,6 +89,10 @@ def _options(args) -> ServerOptions:
         raise ValueError("--replicas needs --backend ray")
     if args.replicas is not None and not 1 <= args.replicas <= 64:
         raise ValueError("--replicas must be in 1..64")
+    if args.web_port is None and (args.web_bundle or args.web_ice_host):
+        raise ValueError("--web-bundle and --web-ice-host need --web-port")
+    if args.web_max_peers < 1:
+        raise ValueError("--web-max-peers must be at least 1")
     limits = Limits(args.max_streams, args.max_in_flight, args.stream_idle_s, args.max_stream_in_flight)
     batching = BatchOptions(args.batch_size, args.batch_wait_ms, args.workers).check()
     return ServerOptions(host=args.host, port=args.port, max_message_bytes=int(args.max_message_mb * 2**20),
@@ -152,6 +166,11 @@ def main(command: str, argv: list[str]) -> int:
 
         if (missing := ray_missing()) is not None:
             return _fail(missing)
+    if args.web_port is not None:
+        from edge_server.web import web_missing
+
+        if (missing := web_missing()) is not None:
+            return _fail(missing)
     names = args.model or [default_recipe().name]
     try:
         served, failed, checkpoints = _load_with_checkpoints(names, args)
@@ -189,7 +208,25 @@ def _serve(served: list[ServedModel], failed: dict[str, str], options: ServerOpt
         print(f"listening on {args.host}:{port} ({scheme}{metrics})", flush=True)
 
     try:
-        asyncio.run(serve(ModelRegistry(served), options, ready, failed))
-    except (OSError, AuthError) as exc:
+        if args.web_port is None:
+            asyncio.run(serve(ModelRegistry(served), options, ready, failed))
+        else:
+            asyncio.run(_serve_web(ModelRegistry(served), options, args, ready, failed))
+    except (OSError, AuthError, ValueError) as exc:
         return _fail(str(exc))
     return 0
+
+
+async def _serve_web(registry: ModelRegistry, options: ServerOptions, args, ready, failed: dict[str, str]) -> None:
+    """`serve` with the browser page beside gRPC (edge_server/web.py)."""
+    from edge_server.web import DEFAULT_BUNDLE, WebOptions, serve_with_web
+
+    web = WebOptions(port=args.web_port, bundle=Path(args.web_bundle) if args.web_bundle else DEFAULT_BUNDLE,
+                     ice_hosts=tuple(args.web_ice_host) if args.web_ice_host else None, max_peers=args.web_max_peers)
+
+    def web_ready(page) -> None:
+        split = "available" if page.split.available else f"off: {page.split.reason}"
+        built = "" if page.built else "; the page is not built: run `make web`"
+        print(f"web page on {page.url} (model {page.model}; split mode {split}{built})", flush=True)
+
+    await serve_with_web(registry, options, web, ready, failed, web_ready)

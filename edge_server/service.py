@@ -221,11 +221,11 @@ class SplitEdgeServicer:
         try:
             while not window.finished:
                 while (answered := window.pop_answered()) is not None:
-                    yield self._deliver(answered)
+                    yield self.deliver(answered)
                 raw = await window.step()
                 if raw is not None:
                     frames += 1
-                    window.add(self._submit(raw, grant, client))
+                    window.add(self.submit(raw, grant, client))
         finally:
             window.close()
             self._streams -= 1
@@ -273,13 +273,15 @@ class SplitEdgeServicer:
         log_event("call_refused", logging.WARNING, client=context.peer(), code=code.name, error=message)
         await context.abort(code, message)
 
-    def _submit(self, raw: bytes, grant: Grant, client: dict) -> _Pending:
-        """Parse, check and admit one frame (on the loop, at once); its compute goes to the scheduler."""
+    def submit(self, raw: bytes, grant: Grant, client: dict) -> _Pending:
+        """Parse, check and admit one frame (on the loop, at once); its compute goes to the scheduler.
+        Public for a second transport: the browser's data channel (`edge_server.webrtc`) admits its
+        frames here, so they pass the same validation, grants, bounds and metrics as gRPC's."""
         arrived = time.perf_counter()
         try:
             frame = pb.Frame.FromString(raw)
         except Exception:  # protobuf's DecodeError; any parse failure is the same to us
-            error = self._error(frame_id_of(raw), "", Code.INVALID_ARGUMENT,
+            error = self.error_result(frame_id_of(raw), "", Code.INVALID_ARGUMENT,
                                 f"a {len(raw)}-byte message that does not parse as a splitedge.v1.Frame", client)
             return _Pending(arrived, _done(error), "", "error")
         # A client's name for a model is a metrics label only if it is a served model's: labels must stay bounded.
@@ -289,13 +291,13 @@ class SplitEdgeServicer:
         try:
             served = self._admit_frame(frame, grant)
         except _Refused as exc:
-            return _Pending(arrived, _done(self._error(frame_id, model, exc.code, str(exc), client)), model, "error")
+            return _Pending(arrived, _done(self.error_result(frame_id, model, exc.code, str(exc), client)), model, "error")
         self._hold()
         task = asyncio.ensure_future(self._compute(served, frame, client))
         task.add_done_callback(self._release)  # also when cancelled before it ran
         return _Pending(arrived, task, served.model.name, "frame")
 
-    def _deliver(self, pending: _Pending) -> pb.Result:
+    def deliver(self, pending: _Pending) -> pb.Result:
         """The answer to a frame at the head of its stream: its wait measured now, as it leaves."""
         result = pending.result.result()
         waited_ms = (time.perf_counter() - pending.arrived) * 1e3
@@ -331,11 +333,11 @@ class SplitEdgeServicer:
             out, ms = await self.scheduler.run(served, frame.payload)
             detections = _detections(out, served.model.family)
         except PayloadMismatch as exc:
-            return self._error(frame.frame_id, name, Code.INVALID_ARGUMENT, str(exc), client)
+            return self.error_result(frame.frame_id, name, Code.INVALID_ARGUMENT, str(exc), client)
         except Exception:  # a frame must never take the stream or the server down, nor tell what broke inside
             ref = uuid.uuid4().hex[:12]
             log.exception("internal error ref=%s model=%s", ref, name)
-            return self._error(frame.frame_id, name, Code.INTERNAL, f"internal error (server log reference {ref})",
+            return self.error_result(frame.frame_id, name, Code.INTERNAL, f"internal error (server log reference {ref})",
                                client)
         return pb.Result(frame_id=frame.frame_id, code=0, server_ms=ms, detections=detections)
 
@@ -350,7 +352,8 @@ class SplitEdgeServicer:
         if self._in_flight == 0:
             self._idle.set()
 
-    def _error(self, frame_id: int, model: str, code: grpc.StatusCode, message: str, client: dict) -> pb.Result:
+    def error_result(self, frame_id: int, model: str, code: grpc.StatusCode, message: str, client: dict) -> pb.Result:
+        """A frame's error answer, counted and logged (every transport's refusals go through here)."""
         self.metrics.frame(model, code.name)
         log_event("frame_error", **client, model=model, frame_id=frame_id, code=code.name, error=message[:300])
         return pb.Result(frame_id=frame_id, code=code.value[0], error=f"frame {frame_id}: {message}")

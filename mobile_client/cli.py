@@ -11,13 +11,11 @@ from tqdm import tqdm
 
 from split.cli_util import add_auto_switches, add_edge_load_switch, add_mode_choice, fail, parse_accuracy, parse_modes
 from split.labels import label_names
-from split.recipes import build, default_recipe, get_recipe
-from split.weights import WeightsError
 
 from mobile_client.controller import Controller
 from mobile_client.costs import ModeCosts, costs_from_profiles, read_profile, scaled
 from mobile_client.edge_client import EdgeClient
-from mobile_client.runtime import DeviceRuntime, RuntimeOptions, to_tensor
+from mobile_client.runtime import DeviceRuntime, RuntimeOptions
 from mobile_client.realtime import LatestFrame
 from mobile_client.sinks import AnnotatedWriter, JsonlWriter, format_summary, realtime_summary, skipped_record, summary_rows
 from mobile_client.sources import Frame, SourceError, open_source
@@ -25,6 +23,7 @@ from mobile_client.sources import Frame, SourceError, open_source
 __all__ = ["main"]
 
 FIXED_MODES = ("local", "split", "offload")
+_TORCH = ("torch", "torchvision", "compressai")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", metavar="F", help="with --tls-key: present this client certificate (mutual TLS)")
     p.add_argument("--tls-key", metavar="F")
     p.add_argument("--token-env", metavar="VAR", help="send the bearer token held in environment variable VAR")
-    p.add_argument("--model", default=default_recipe().name, help="recipe name (must match the server's)")
+    p.add_argument("--model", help="recipe name (must match the server's); default: the default recipe, or the bundle's")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="onnx: run an exported bundle with onnxruntime, no torch needed (docs/lean-client.md)")
+    p.add_argument("--bundle", metavar="DIR", help="--runtime onnx: the bundle `splitedge export --format onnx` wrote")
     p.add_argument("--mode", default="split", choices=(*FIXED_MODES, "auto"),
                    help="auto: the controller picks per frame from the profiles and the measured link")
     p.add_argument("--source", required=True, help="image folder, video file, or camera:N")
@@ -79,20 +81,19 @@ def main(command: str, argv: list[str]) -> int:
     if args.device_slowdown < 1:
         return _fail(f"--device-slowdown must be >= 1, got {args.device_slowdown}")
     try:
-        get_recipe(args.model)
+        model, device, weights = _device(args)
         source = open_source(args.source, args.limit)
-    except KeyError as exc:
-        return _fail(str(exc.args[0]))
-    except SourceError as exc:
-        return _fail(str(exc))
-    try:
-        model, weights = build(args.model, weights=args.weights, checkpoint=args.checkpoint)
-    except WeightsError as exc:
-        return _fail(str(exc))
+    except ModuleNotFoundError as exc:
+        if exc.name not in _TORCH:
+            raise
+        return _fail(f"the torch runtime needs {exc.name}, which is not installed: pip install 'splitedge[edge]', or run "
+                     "an exported bundle with --runtime onnx --bundle DIR (docs/lean-client.md)")
+    except (KeyError, ValueError, SourceError) as exc:  # an unknown recipe, weights, a bundle, a source
+        return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     frames = _frames(source, args.loop)
     if args.mode == "auto":
         try:
-            costs, frames = _auto_costs(model, args, frames)
+            costs, frames = _auto_costs(model, device, args, frames)
         except ValueError as exc:
             return _fail(str(exc))
         try:
@@ -111,8 +112,8 @@ def main(command: str, argv: list[str]) -> int:
         return _fail(str(exc))
     options = RuntimeOptions(jpeg_quality=args.jpeg_quality, timeout_s=args.timeout, min_score=args.min_score,
                              device_slowdown=args.device_slowdown, pipeline=args.pipeline)
-    runtime = DeviceRuntime(model, controller, client, options)
-    print(f"model {args.model}: weights {weights}; mode {args.mode}", file=sys.stderr)
+    runtime = DeviceRuntime(model, controller, client, options, device=device)
+    print(f"model {model.name}: {weights}; mode {args.mode}", file=sys.stderr)
     if client is not None:
         runtime.connect()
     writer = JsonlWriter(args.out)
@@ -164,6 +165,33 @@ def main(command: str, argv: list[str]) -> int:
     return 0
 
 
+def _device(args):
+    """The model, its device (None: the runtime's TorchDevice) and where the weights came from, for --runtime."""
+    if args.runtime == "onnx":
+        if not args.bundle:
+            raise ValueError("--runtime onnx needs --bundle DIR (`splitedge export --format onnx --out DIR` writes one)")
+        if args.checkpoint or args.weights:
+            raise ValueError("--checkpoint and --weights are the torch runtime's: a bundle holds its own weights")
+        from mobile_client.onnx_device import OnnxDevice
+
+        device = OnnxDevice(args.bundle, jpeg_quality=args.jpeg_quality, device_slowdown=args.device_slowdown)
+        if args.model and args.model != device.model.name:
+            raise ValueError(f"--model {args.model}: the bundle {args.bundle} is of {device.model.name!r}")
+        return device.model, device, f"bundle {args.bundle} (onnxruntime)"
+    if args.bundle:
+        raise ValueError("--bundle is read by --runtime onnx only")
+    from split.recipes import build, default_recipe, get_recipe
+    from split.weights import WeightsError
+
+    name = args.model or default_recipe().name
+    get_recipe(name)
+    try:
+        model, weights = build(name, weights=args.weights, checkpoint=args.checkpoint)
+    except WeightsError as exc:
+        raise ValueError(str(exc)) from None
+    return model, None, f"weights {weights}"
+
+
 def _edge_client(args) -> EdgeClient:
     token = None
     if args.token_env:
@@ -182,7 +210,7 @@ def _frames(source, loop: int):
             index += 1
 
 
-def _auto_costs(model, args, frames):
+def _auto_costs(model, device, args, frames):
     """The controller's costs: the device profile (given, or measured on the first frame),
     scaled by the emulated device slowdown; edge times start as this device's own and are
     replaced by the server's measured ones from `Describe` once connected."""
@@ -191,14 +219,18 @@ def _auto_costs(model, args, frames):
         if profile.get("model") != model.name:
             raise ValueError(f"profile {args.device_profile} is for model {profile.get('model')!r}, not {model.name!r}")
     else:
-        from split.profiling import profile_model
-
         first = next(frames, None)
         if first is None:
             raise ValueError("the source has no frames")
         print("auto: measuring this device's profile on the first frame ...", file=sys.stderr)
-        profile = profile_model(model, [], images=[to_tensor(first.rgb)], repeat=3, jpeg_quality=args.jpeg_quality,
-                                layers=False)
+        if device is not None:
+            profile = device.profile(first.rgb, repeat=3)
+        else:
+            from mobile_client.device import to_tensor
+            from split.profiling import profile_model
+
+            profile = profile_model(model, [], images=[to_tensor(first.rgb)], repeat=3,
+                                    jpeg_quality=args.jpeg_quality, layers=False)
         frames = _chain(first, frames)
     costs = costs_from_profiles(profile, profile)
     factor = args.device_slowdown / profile.get("device_slowdown", 1.0)

@@ -43,6 +43,11 @@ class TorchDevice:
         self._stages: list[Stage] | None = None  # the original model as a stage chain (hedged local runs)
         self._resumable = False  # whether the split head is made of those stages' own modules
 
+    @staticmethod
+    def image(rgb: np.ndarray) -> torch.Tensor:
+        """A captured H x W x 3 uint8 RGB frame as what the model takes."""
+        return to_tensor(rgb)
+
     def compute(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
         """Run device compute; with a device slowdown K, wait (K-1) times as long again. Returns (out, seconds)."""
         t = time.perf_counter()

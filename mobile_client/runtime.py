@@ -1,11 +1,11 @@
-"""The live device: the session driver (:mod:`mobile_client.session`) on the real clock, gRPC and torch.
+"""The live device: the session driver (:mod:`mobile_client.session`) on the real clock, gRPC and a device (torch or ONNX).
 
 One frame in, exactly one result record out, whatever failed. The order of
 calls into the controller is the session driver's; this module supplies its
 :class:`LiveIO`: :class:`~mobile_client.edge_client.EdgeClient` for the edge
 (one ``Infer`` stream; results of frames given up on, and link probes'
 answers, come back through its late queue) and
-:class:`~mobile_client.device.TorchDevice` for compute, including a hedged
+:class:`~mobile_client.device.TorchDevice` for compute (or `mobile_client.onnx_device.OnnxDevice`), including a hedged
 frame's race between the edge's result and the local run, checked at every
 stage boundary. ``timeout_s`` is only how long a silent server is given
 before it is presumed gone; a frame's own deadline is the controller's.
@@ -22,22 +22,35 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Protocol
 
 from protos import splitedge_pb2 as pb
-from split import SplitModel
 from split.detections import to_detections
 
 from mobile_client.controller import Controller
-from mobile_client.device import TorchDevice, to_tensor
 from mobile_client.edge_client import DeadlineExceeded, EdgeClient, LateResult
 from mobile_client.errors import EdgeUnavailable
 from mobile_client.session import Arrival, Encoded, Outcome, Session
 from mobile_client.sources import Frame
 
-__all__ = ["DeviceRuntime", "RuntimeOptions", "LiveIO", "to_tensor"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["Device", "DeviceRuntime", "RuntimeOptions", "LiveIO"]
+
+
+class Device(Protocol):
+    """The device's compute, as the live IO uses it: `mobile_client.device.TorchDevice` (torch) or
+    `mobile_client.onnx_device.OnnxDevice` (onnxruntime, no torch). `model` has `name` and `family`;
+    `image` turns a captured RGB frame into what the other methods take."""
+
+    model: Any
+    device_slowdown: float
+
+    def image(self, rgb: Any) -> Any: ...
+    def run_local(self, image: Any) -> tuple[Any, float]: ...
+    def encode(self, image: Any, mode: str, hedge: bool) -> tuple[pb.Payload | None, float, Any]: ...
+    def local_steps(self, image: Any, payload: pb.Payload, features: Any) -> "Iterator[None]": ...
 
 
 @dataclass
@@ -59,9 +72,9 @@ def _remote_detections(result: pb.Result, family: str, min_score: float) -> list
 
 
 class LiveIO:
-    """The session's IO on this machine: ``time.perf_counter`` since creation, an EdgeClient, a TorchDevice."""
+    """The session's IO on this machine: ``time.perf_counter`` since creation, an EdgeClient, a device."""
 
-    def __init__(self, client: EdgeClient | None, device: TorchDevice, options: RuntimeOptions, *,
+    def __init__(self, client: EdgeClient | None, device: Device, options: RuntimeOptions, *,
                  clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.device, self.options = client, device, options
         self.has_edge = client is not None
@@ -103,15 +116,15 @@ class LiveIO:
         return Arrival(late.frame_id, late.seconds, _server_s(r), late.arrived - self._t0, r.code,
                        f"{_code_name(r.code)}: {r.error}" if r.code else "")
 
-    def run_local(self, image: torch.Tensor) -> tuple[list[dict[str, Any]], float]:
+    def run_local(self, image: Any) -> tuple[list[dict[str, Any]], float]:
         out, s = self.device.run_local(image)
         return self._detections(out), s
 
-    def encode(self, image: torch.Tensor, mode: str, hedge: bool) -> Encoded:
+    def encode(self, image: Any, mode: str, hedge: bool) -> Encoded:
         payload, s, features = self.device.encode(image, mode, hedge)
         return Encoded(payload, payload.ByteSize() if payload is not None else 0, s, features)
 
-    def remote(self, frame_id: int, image: torch.Tensor, mode: str, encoded: Encoded, deadline_s: float | None,
+    def remote(self, frame_id: int, image: Any, mode: str, encoded: Encoded, deadline_s: float | None,
                hedge: bool) -> Outcome:
         message = pb.Frame(frame_id=frame_id, payload=encoded.payload)
         try:
@@ -139,7 +152,7 @@ class LiveIO:
             return Outcome("refused", self.now(), error=str(exc))
         return None
 
-    def collect(self, frame_id: int, image: torch.Tensor, mode: str, encoded: Encoded, deadline_s: float | None,
+    def collect(self, frame_id: int, image: Any, mode: str, encoded: Encoded, deadline_s: float | None,
                 hedge: bool) -> Outcome:
         """A pipelined frame's end, from now: its result if already there, else the hedged race or the wait."""
         sent = self._sent.pop(frame_id)
@@ -165,7 +178,7 @@ class LiveIO:
         return Outcome("result", self.now(), seconds, server_s, network_s=max(seconds - server_s, 0.0),
                        compute_s=result.server_ms / 1e3, outputs=outputs, code=result.code, error=error)
 
-    def _race(self, frame_id: int, sent: float, image: torch.Tensor, encoded: Encoded) -> Outcome:
+    def _race(self, frame_id: int, sent: float, image: Any, encoded: Encoded) -> Outcome:
         """A hedged frame's payload is out: run the frame locally meanwhile, end with whichever finishes first."""
         steps = self.device.local_steps(image, encoded.payload, encoded.extra)
         slow = max(self.device.device_slowdown, 1.0) - 1.0
@@ -205,13 +218,18 @@ class LiveIO:
 class DeviceRuntime:
     """A controller, a model and an edge client as one device: :meth:`connect`, then :meth:`process` per frame."""
 
-    def __init__(self, model: SplitModel, controller: Controller, client: EdgeClient | None,
-                 options: RuntimeOptions | None = None, *, device: TorchDevice | None = None,
+    def __init__(self, model: Any, controller: Controller, client: EdgeClient | None,
+                 options: RuntimeOptions | None = None, *, device: Device | None = None,
                  clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> None:
+        """`model`: a `split.SplitModel`, run by a TorchDevice unless `device` is given (then its model)."""
         self.model, self.controller, self.client = model, controller, client
         self.options = options or RuntimeOptions()
-        self.device = device or TorchDevice(model, jpeg_quality=self.options.jpeg_quality,
-                                            device_slowdown=self.options.device_slowdown)
+        if device is None:
+            from mobile_client.device import TorchDevice
+
+            device = TorchDevice(model, jpeg_quality=self.options.jpeg_quality,
+                                 device_slowdown=self.options.device_slowdown)
+        self.device = device
         self.io = LiveIO(client, self.device, self.options, clock=clock, sleep=sleep)
         self.session = Session(controller, self.io, rtt_pings=self.options.rtt_pings,
                                connect_timeout_s=self.options.connect_timeout_s, pipeline=self.options.pipeline)
@@ -235,7 +253,7 @@ class DeviceRuntime:
         """Serve one frame; its JSON record (see the README's ``splitedge run``). ``captured``: when a real-time
         camera captured it (perf_counter), for the record's ``age_ms`` (capture to result)."""
         start = self.io.now()
-        served = self.session.step(frame.index, to_tensor(frame.rgb))
+        served = self.session.step(frame.index, self.device.image(frame.rgb))
         return _record(frame.index, frame.source, served, self.io.now() - start, captured)
 
     def submit(self, frame: Frame, captured: float | None = None) -> list[dict[str, Any]]:
@@ -245,7 +263,7 @@ class DeviceRuntime:
         if not self.options.pipeline:
             return [self.process(frame, captured)]
         self._pending[frame.index] = (frame.source, captured)
-        return self._records(self.session.feed(frame.index, to_tensor(frame.rgb)))
+        return self._records(self.session.feed(frame.index, self.device.image(frame.rgb)))
 
     def flush(self) -> list[dict[str, Any]]:
         """Settle the pipelined frame in flight, if any: its record."""

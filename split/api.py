@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from bottlenecks import Bottleneck, CodecError, EncodedTensor, JpegCodec, TensorCodec, get_codec
 from protos import splitedge_pb2 as pb
+from split.messages import from_message, size_message, tensor_message
 from split.adapters import Outputs, Size, Stage, adapter_for
 
 __all__ = ["Head", "PayloadMismatch", "SplitModel", "Tail", "split"]
@@ -121,21 +122,8 @@ class Tail(nn.Module):
         return self.finisher.forward_batch(taps, x, batch_size, image_sizes, original_sizes)
 
 
-def _size_msg(hw: Size | torch.Size) -> pb.Size:
-    return pb.Size(height=int(hw[0]), width=int(hw[1]))
-
-
 def _hw(size: pb.Size) -> Size:
     return int(size.height), int(size.width)
-
-
-def _to_message(enc: EncodedTensor) -> pb.Tensor:
-    return pb.Tensor(codec=enc.codec, dtype=enc.dtype, shape=list(enc.shape), scale=enc.scale,
-                     zero_point=enc.zero_point, data=enc.data)
-
-
-def _from_message(t: pb.Tensor) -> EncodedTensor:
-    return EncodedTensor(t.codec, t.dtype, tuple(int(d) for d in t.shape), t.data, t.scale, t.zero_point)
 
 
 @dataclass
@@ -235,17 +223,17 @@ class SplitModel:
         z, split_size = self.head(sizes.tensor)
         if z.numel() == 0:  # the prefilter dropped the frame
             return None
-        return pb.Payload(model=self.name, split_point=self.at, tensor=_to_message(self.codec.encode(z)),
-                          original_size=_size_msg(sizes.original_size), image_size=_size_msg(sizes.image_size),
-                          batch_size=_size_msg(sizes.batch_size), split_size=_size_msg(split_size))
+        return pb.Payload(model=self.name, split_point=self.at, tensor=tensor_message(self.codec.encode(z)),
+                          original_size=size_message(sizes.original_size), image_size=size_message(sizes.image_size),
+                          batch_size=size_message(sizes.batch_size), split_size=size_message(split_size))
 
     @torch.inference_mode()
     def encode_image(self, image: Tensor, quality: int = 90) -> pb.Payload:
         """Offload: the model's own resize, then JPEG; the edge runs the whole model."""
         resized = self.adapter.resize(image)
         enc = JpegCodec(quality).encode(resized)
-        return pb.Payload(model=self.name, tensor=_to_message(enc), original_size=_size_msg(image.shape[-2:]),
-                          image_size=_size_msg(resized.shape[-2:]), batch_size=_size_msg(resized.shape[-2:]))
+        return pb.Payload(model=self.name, tensor=tensor_message(enc), original_size=size_message(image.shape[-2:]),
+                          image_size=size_message(resized.shape[-2:]), batch_size=size_message(resized.shape[-2:]))
 
     @torch.inference_mode()
     def full(self, image: Tensor) -> Outputs:
@@ -316,7 +304,7 @@ class SplitModel:
         for label, hw in (("original_size", original), ("image_size", image_size), ("batch_size", batch)):
             if not (0 < hw[0] <= MAX_SIDE and 0 < hw[1] <= MAX_SIDE):
                 raise PayloadMismatch(f"{label} {list(hw)} is outside 1..{MAX_SIDE}")
-        enc = _from_message(msg.tensor)
+        enc = from_message(msg.tensor)
         if enc.codec == "jpeg":
             if msg.split_point:
                 raise PayloadMismatch(f"a jpeg payload is a whole image; it must not name split point {msg.split_point!r}")

@@ -8,21 +8,21 @@ A classifier's "detections" are its top-k labels, without boxes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Union
 
-from torch import Tensor
 
 __all__ = ["Row", "detection_rows", "to_detections"]
 
 Row = tuple[Union[list[float], None], int, float]  # (box or None, label, score)
 
 
-def _values(v: Tensor | Sequence[Any]) -> list[Any]:
-    return v.tolist() if isinstance(v, Tensor) else list(v)
+def _values(v: Any) -> list[Any]:
+    """A tensor's or an array's values (both have `tolist`), or a sequence's."""
+    return v.tolist() if hasattr(v, "tolist") else list(v)
 
 
-def detection_rows(outputs: Mapping[str, Tensor | Sequence[Any]], family: str) -> list[Row]:
+def detection_rows(outputs: Mapping[str, Any], family: str) -> list[Row]:
     """(box [x1, y1, x2, y2] or None for a classifier, label, score) per detection, as Python
     numbers. `outputs` holds tensors, or plain sequences (e.g. detections read off the wire)."""
     labels, scores = _values(outputs["labels"]), _values(outputs["scores"])
@@ -30,7 +30,7 @@ def detection_rows(outputs: Mapping[str, Tensor | Sequence[Any]], family: str) -
     return [(list(b) if b is not None else None, int(l), float(s)) for b, l, s in zip(boxes, labels, scores)]
 
 
-def to_detections(outputs: Mapping[str, Tensor | Sequence[Any]], family: str,
+def to_detections(outputs: Mapping[str, Any], family: str,
                   min_score: float = 0.0) -> list[dict[str, Any]]:
     """JSON-able detections with score >= `min_score`: {"box": [x1, y1, x2, y2] rounded to 2
     decimals (None for a classifier), "label": int, "score": rounded to 5 decimals}."""

@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fleet": ("simulators.cli", "N devices on one edge: e2e against N, its knee with/without edge-load feedback"),
 }
 
+# What a command may miss on a lean install, and the extra that brings it (pyproject.toml).
+_EXTRA_OF = {"torch": "edge", "torchvision": "edge", "compressai": "edge", "prometheus_client": "edge",
+             "pycocotools": "train", "matplotlib": "train", "aiortc": "web", "aiohttp": "web"}
+
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
@@ -47,7 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     from split.numerics import flush_denormals
 
     flush_denormals()  # every splitedge process computes with denormals flushed (split/numerics.py)
-    module = importlib.import_module(COMMANDS[command][0])
+    try:
+        module = importlib.import_module(COMMANDS[command][0])
+    except ModuleNotFoundError as exc:  # a lean install (`splitedge[client]`) has no torch: say which extra
+        if exc.name not in _EXTRA_OF:
+            raise
+        print(f"splitedge {command}: error: needs {exc.name}, which is not installed: pip install "
+              f"'splitedge[{_EXTRA_OF[exc.name]}]' (docs/lean-client.md)", file=sys.stderr)
+        return 2
     return int(module.main(command, rest) or 0)
 
 

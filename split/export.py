@@ -40,7 +40,6 @@ map boxes back to it, so one bundle serves every frame whose preprocessed size i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -63,6 +62,7 @@ from bottlenecks import EncodedTensor, EntropyCodec, Float16Codec, Float32Codec,
 from protos import splitedge_pb2 as pb
 from split.adapters import ImageBatch, Outputs, Size
 from split.api import SplitModel
+from split.bundle import BUNDLE_FORMAT, MANIFEST, BundleError, load_manifest, sha256
 from split.models.ssdlite_tf import TFTransform
 
 __all__ = ["BundleError", "export_head", "export_onnx", "export_tail", "load_manifest", "tail_inputs", "verify_onnx"]
@@ -170,13 +170,7 @@ def _export_safe_torchvision(batched_nms: Callable[..., Tensor] = _batched_nms) 
 
 # -- the ONNX bundle ----------------------------------------------------------------------------
 ONNX_OPSET = 17
-MANIFEST = "manifest.json"
-BUNDLE_FORMAT = "splitedge-onnx-bundle/1"
 _DETECTIONS = ("boxes", "scores", "labels")
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used as its manifest says (missing or changed file); names the file."""
 
 
 def export_onnx(model: SplitModel, out_dir: str | os.PathLike[str], frame_size: Size = (480, 640),
@@ -214,36 +208,9 @@ def export_onnx(model: SplitModel, out_dir: str | os.PathLike[str], frame_size: 
         path = out / relative
         seconds = _onnx_export(graph, args, path, [i["name"] for i in inputs], outputs, opset)
         files[role] = {"path": relative, "inputs": inputs, "outputs": outputs, "bytes": path.stat().st_size,
-                       "sha256": _sha256(path), "export_seconds": round(seconds, 2)}
+                       "sha256": sha256(path), "export_seconds": round(seconds, 2)}
     manifest = _manifest(model, batch, split_size, z, names, files, opset, source)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
-
-
-def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The bundle's manifest, after checking every file it lists against its sha256 (BundleError
-    naming the file that is missing, outside the bundle or changed since export)."""
-    root = Path(directory).resolve()
-    path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{path}: no {MANIFEST}; is {directory} a bundle written by `splitedge export`?")
-    try:
-        manifest = json.loads(path.read_text())
-        entries = manifest["files"].items()
-    except (ValueError, KeyError, AttributeError) as exc:
-        raise BundleError(f"{path}: not a bundle manifest ({exc})") from None
-    if manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: format {manifest.get('format')!r}, this reads {BUNDLE_FORMAT!r}")
-    for role, entry in entries:
-        file = (root / entry["path"]).resolve()
-        if root not in file.parents:
-            raise BundleError(f"{entry['path']} ({role}): outside the bundle directory {root}")
-        if not file.is_file():
-            raise BundleError(f"{entry['path']} ({role}): listed in the manifest but missing from {root}")
-        digest = _sha256(file)
-        if digest != entry["sha256"]:
-            raise BundleError(f"{entry['path']} ({role}): sha256 {digest} does not match the manifest's "
-                              f"{entry['sha256']}: the file changed after export; export the bundle again")
     return manifest
 
 
@@ -411,11 +378,6 @@ def _onnx_safe_torchvision(opset: int) -> Iterator[None]:
         torch.onnx.unregister_custom_op_symbolic("aten::argsort", opset)
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 # -- what the manifest says -------------------------------------------------------------------
 def _manifest(model: SplitModel, batch: ImageBatch, split_size: Size, z: Tensor, names: list[str],
               files: dict[str, Any], opset: int, source: str) -> dict[str, Any]:
@@ -491,7 +453,7 @@ def _entropy_spec(codec: EntropyCodec) -> dict[str, Any]:
     if not student.prepared():
         raise ValueError(f"{codec.name}: entropy tables are not prepared: call prepare() before exporting")
     prior = student.entropy
-    return {"name": codec.name, "coder": "rANS, compressai.ans RansEncoder.encode_with_indexes",
+    return {"name": codec.name, "coder": "ANS, constriction; bottlenecks.wire.TableCoder on these tables",
             "compressai": student.spec()["compressai"], "precision": int(prior.entropy_coder_precision),
             "symbols": "int32(round_half_even(y - medians[c])) for every value of channel c, C order",
             "indexes": "the channel number c of every value",

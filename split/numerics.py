@@ -16,8 +16,11 @@ __all__ = ["flush_denormals"]
 def flush_denormals() -> None:
     """Flush denormal floats to zero in this thread and the threads it starts (values below 1e-38)."""
     import numpy as np
-    import torch
 
+    try:
+        import torch
+    except ModuleNotFoundError:  # a lean device (onnxruntime): nothing of ours computes in torch there
+        return
     for t in (np.float32, np.float64):  # computed (and cached) first: numpy warns when it meets flushed denormals
         np.finfo(t).smallest_subnormal
     torch.set_flush_denormal(True)

@@ -102,7 +102,8 @@ def test_a_hedged_local_run_gives_the_whole_models_outputs(name):
 
     from mobile_client.controller import Controller
     from mobile_client.costs import ModeCosts
-    from mobile_client.runtime import DeviceRuntime, to_tensor
+    from mobile_client.device import to_tensor
+    from mobile_client.runtime import DeviceRuntime
     from mobile_client.sources import open_source
     from split.recipes import build
 

@@ -47,3 +47,18 @@ def test_no_run_time_module_loads_an_offline_module():
     """Every module of split (but split.train), mobile_client and edge_server, CLIs aside: also
     what the packages import only when asked (the run-time prefilter, profiling)."""
     assert _offline_modules_loaded(walk=True) == []
+
+
+# What a lean device imports (`splitedge run --runtime onnx`, docs/lean-client.md): none of it may load torch,
+# which `pip install splitedge[client]` does not install.
+LEAN = ("split", "bottlenecks", "mobile_client", "split.dispatch", "split.bundle", "split.detections", "split.images",
+        "split.messages", "split.numerics", "bottlenecks.wire", "mobile_client.cli", "mobile_client.onnx_device",
+        "mobile_client.runtime", "protos")
+
+
+def test_the_lean_device_imports_no_torch():
+    probe = (f"import importlib, sys\nfor name in {LEAN!r}:\n    importlib.import_module(name)\n"
+             "print(' '.join(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'torchvision', 'compressai'})))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
