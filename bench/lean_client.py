@@ -4,7 +4,7 @@ Two figures the README states (docs/lean-client.md), printed as one JSON object 
 `results/lean-client/lean.json`:
 
 * **installed size**: a fresh venv with only `pip install splitedge[client]` (made in `--venv`,
-  default `.venv-client`, reused when it is there and has no torch) beside this repo's full
+  default `.venv-client`, anew each run) beside this repo's full
   `.venv` (`make install`: edge, training, dev and Ray), both as `du` counts the files.
 * **per-frame device time**, one thread each (`splitedge profile --threads 1`'s setting): the
   split head (preprocess, head, codec: the payload) and the whole model (local mode) of the
@@ -35,16 +35,14 @@ def _du_mb(path: Path) -> float:
 
 
 def _lean_venv(venv: Path) -> dict:
+    """Made afresh every run (about 20 s with pip's cache), so that it holds this checkout's package."""
     python = venv / "bin" / "python"
-    fresh = not python.exists() or subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0
-    seconds = None
-    if fresh:
-        subprocess.run(["rm", "-rf", str(venv)], check=True)
-        t = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "lean_venv.py"), str(venv)], check=True)
-        seconds = round(time.perf_counter() - t, 1)
-    freeze = subprocess.run([str(venv / "bin" / "pip"), "freeze", "--exclude-editable"], capture_output=True,
-                            text=True, check=True).stdout.split()
+    subprocess.run(["rm", "-rf", str(venv)], check=True)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "lean_venv.py"), str(venv)], check=True)
+    seconds = round(time.perf_counter() - t, 1)
+    freeze = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True,
+                            check=True).stdout.splitlines()
     has_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode == 0
     return {"path": str(venv), "mb": _du_mb(venv), "install_seconds": seconds, "packages": len(freeze),
             "torch_importable": has_torch, "freeze": freeze}

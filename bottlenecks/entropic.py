@@ -50,7 +50,7 @@ import torch
 from torch import Tensor, nn
 
 from bottlenecks.codecs import CodecError, EncodedTensor, TensorCodec
-from bottlenecks.wire import TableCoder
+from bottlenecks.wire import TableCoder, channel_indexes
 from bottlenecks.modules import BottleneckSpecError, build_from_spec, check_spec_keys
 
 __all__ = ["ENCODER_INPUTS", "ENTROPIC_PRIORS", "EntropicStudent", "EntropyCodec"]
@@ -233,11 +233,11 @@ class EntropicStudent(nn.Module):
     def compress(self, y: Tensor) -> bytes:
         """The coder's bytes of one latent [1, C, h, w] (the hyperprior's: z's length and bytes, then y's)."""
         if self.prior == "factorized":
-            return self.table_coder().encode(self.symbols(y), _channel_indexes(y.shape))
+            return self.table_coder().encode(self.symbols(y), channel_indexes(y.shape))
         hp = self.entropy
         z = hp.h_a(torch.abs(y))
         z_symbols = hp.z_prior.quantize(z, "symbols", hp.z_prior._get_medians())
-        z_string = self.table_coder("z").encode(z_symbols.numpy(), _channel_indexes(z.shape))
+        z_string = self.table_coder("z").encode(z_symbols.numpy(), channel_indexes(z.shape))
         z_hat = self._dequantized(z_symbols.numpy(), hp.z_prior)
         indexes = hp.y_prior.build_indexes(hp.scales(z_hat, tuple(y.shape[-2:])))
         y_string = self.table_coder("y").encode(hp.y_prior.quantize(y, "symbols").numpy(), indexes.numpy())
@@ -252,7 +252,7 @@ class EntropicStudent(nn.Module):
         """The quantized latent [1, C, h, w] of `compress`'s bytes, bit-exactly."""
         h, w = size
         if self.prior == "factorized":
-            symbols = self.table_coder().decode(data, _channel_indexes((1, self.channels, h, w)))
+            symbols = self.table_coder().decode(data, channel_indexes((1, self.channels, h, w)))
             return self._dequantized(symbols, self.entropy)
         hp = self.entropy
         if len(data) < 4:
@@ -262,7 +262,7 @@ class EntropicStudent(nn.Module):
             raise CodecError(f"entropy-hyperprior: side information claims {nz} bytes, {len(data) - 4} follow")
         zh, zw = math.ceil(math.ceil(h / 2) / 2), math.ceil(math.ceil(w / 2) / 2)
         z_channels = hp.z_prior._quantized_cdf.shape[0]
-        z_symbols = self.table_coder("z").decode(data[4 : 4 + nz], _channel_indexes((1, z_channels, zh, zw)))
+        z_symbols = self.table_coder("z").decode(data[4 : 4 + nz], channel_indexes((1, z_channels, zh, zw)))
         indexes = hp.y_prior.build_indexes(hp.scales(self._dequantized(z_symbols, hp.z_prior), (h, w)))
         return torch.from_numpy(self.table_coder("y").decode(data[4 + nz :], indexes.numpy())).float()
 
@@ -313,12 +313,6 @@ class EntropicStudent(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, channels={self.channels}, hidden={self.hidden}, "
                 f"stride_log2={self.stride_log2}, prior={self.prior!r}, decoder_hidden={self.decoder_hidden}")
-
-
-def _channel_indexes(shape: tuple[int, ...] | torch.Size) -> np.ndarray:
-    """A factorized prior's table of every value of a latent [1, C, h, w]: its channel."""
-    _, c, h, w = (int(d) for d in shape)
-    return np.broadcast_to(np.arange(c, dtype=np.int64).reshape(c, 1, 1), (c, h, w))
 
 
 class EntropyCodec(TensorCodec):

@@ -56,7 +56,7 @@ from edge_server.validation import ModelLimits, check_payload, frame_id_of
 
 __all__ = ["Limits", "SplitEdgeServicer", "VERSION"]
 
-VERSION = "1"
+VERSION = "2"  # 2: the entropy codec's bytes are constriction's ANS (docs/entropic.md); ModelInfo.bottleneck_digest
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitEdge"].full_name
 log = logging.getLogger("splitedge.server")
 Code = grpc.StatusCode
@@ -203,7 +203,7 @@ class SplitEdgeServicer:
             models.append(pb.ModelInfo(
                 name=served.model.name, family=d["family"], architecture=served.architecture,
                 split_point=d["split_point"], codec=d["codec"], bottleneck_channels=d["bottleneck_channels"],
-                weights=served.weights, latency_ms=served.medians()))
+                weights=served.weights, latency_ms=served.medians(), bottleneck_digest=d["bottleneck_digest"]))
         return pb.DescribeResponse(models=models, max_message_bytes=self.max_message_bytes, version=VERSION)
 
     async def Infer(self, request_iterator: AsyncIterator[bytes],

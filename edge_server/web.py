@@ -97,7 +97,7 @@ def split_mode(bundle: Path, registry: ModelRegistry) -> tuple[str | None, _Spli
 
     first = registry.names[0]
     try:
-        manifest = load_manifest(bundle)
+        manifest = load_manifest(bundle, roles=("head",))
     except BundleError as exc:
         return first, _Split(False, f"no head bundle ({exc}); run `make web`")
     served = registry.get(manifest.get("model", ""))
@@ -107,7 +107,9 @@ def split_mode(bundle: Path, registry: ModelRegistry) -> tuple[str | None, _Spli
     wire = manifest["split"]["wire_shape"]
     mismatch = [f"{what} {mine!r} (bundle {theirs!r})" for what, mine, theirs in (
         ("codec", limits.codec, manifest["codec"]["name"]), ("split point", limits.split_point, manifest["split"]["point"]),
-        ("wire channels", limits.wire_channels, wire[1]))
+        ("wire channels", limits.wire_channels, wire[1]),
+        ("bottleneck digest", served.model.bottleneck_digest(), manifest["split"].get("bottleneck_digest") or
+         served.model.bottleneck_digest()))
         if mine != theirs]
     if mismatch:
         found = re.search(r"checkpoint (\S+)", manifest.get("weights") or "")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 from tqdm import tqdm
 
@@ -15,6 +17,7 @@ from split.labels import label_names
 from mobile_client.controller import Controller
 from mobile_client.costs import ModeCosts, costs_from_profiles, read_profile, scaled
 from mobile_client.edge_client import EdgeClient
+from mobile_client.errors import ServedModelMismatch
 from mobile_client.runtime import DeviceRuntime, RuntimeOptions
 from mobile_client.realtime import LatestFrame
 from mobile_client.sinks import AnnotatedWriter, JsonlWriter, format_summary, realtime_summary, skipped_record, summary_rows
@@ -23,7 +26,8 @@ from mobile_client.sources import Frame, SourceError, open_source
 __all__ = ["main"]
 
 FIXED_MODES = ("local", "split", "offload")
-_TORCH = ("torch", "torchvision", "compressai")
+# What a runtime misses on an install without its extra (pyproject.toml), and that extra.
+_EXTRA_OF = {"torch": "edge", "torchvision": "edge", "compressai": "edge", "onnxruntime": "client"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,10 +88,11 @@ def main(command: str, argv: list[str]) -> int:
         model, device, weights = _device(args)
         source = open_source(args.source, args.limit)
     except ModuleNotFoundError as exc:
-        if exc.name not in _TORCH:
+        if exc.name not in _EXTRA_OF:
             raise
-        return _fail(f"the torch runtime needs {exc.name}, which is not installed: pip install 'splitedge[edge]', or run "
-                     "an exported bundle with --runtime onnx --bundle DIR (docs/lean-client.md)")
+        other = (", or run an exported bundle with --runtime onnx --bundle DIR" if args.runtime == "torch" else "")
+        return _fail(f"the {args.runtime} runtime needs {exc.name}, which is not installed: pip install "
+                     f"'splitedge[{_EXTRA_OF[exc.name]}]'{other} (docs/lean-client.md)")
     except (KeyError, ValueError, SourceError) as exc:  # an unknown recipe, weights, a bundle, a source
         return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     frames = _frames(source, args.loop)
@@ -113,12 +118,18 @@ def main(command: str, argv: list[str]) -> int:
     options = RuntimeOptions(jpeg_quality=args.jpeg_quality, timeout_s=args.timeout, min_score=args.min_score,
                              device_slowdown=args.device_slowdown, pipeline=args.pipeline)
     runtime = DeviceRuntime(model, controller, client, options, device=device)
+    runtime.io.check_split = "split" in controller.modes  # the edge must serve this device's split (docs/lean-client.md)
     print(f"model {model.name}: {weights}; mode {args.mode}", file=sys.stderr)
-    if client is not None:
-        runtime.connect()
+    try:
+        if client is not None:
+            runtime.connect()
+    except ServedModelMismatch as exc:
+        client.close()
+        return _fail(str(exc))
     writer = JsonlWriter(args.out)
-    annotated = (AnnotatedWriter(args.save_annotated, names=label_names(model.family, model.classes))
-                 if args.save_annotated else None)
+    # A bundle names its labels (its manifest): a lean device has no torchvision to look them up in.
+    names = label_names(model.family, model.classes) if args.runtime == "torch" else (model.classes or {})
+    annotated = AnnotatedWriter(args.save_annotated, names=names) if args.save_annotated else None
     records = []
     held: dict[int, Frame] = {}  # frames whose record has not come out yet (pipelined: at most two)
 
@@ -150,7 +161,7 @@ def main(command: str, argv: list[str]) -> int:
                 tqdm.write(f"warning: {w}", file=sys.stderr)
             shown = len(runtime.warnings)
         write(runtime.flush())
-    except SourceError as exc:
+    except (SourceError, ServedModelMismatch) as exc:  # a reconnect may reach a replica that serves another split
         return _fail(str(exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -165,7 +176,7 @@ def main(command: str, argv: list[str]) -> int:
     return 0
 
 
-def _device(args):
+def _device(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """The model, its device (None: the runtime's TorchDevice) and where the weights came from, for --runtime."""
     if args.runtime == "onnx":
         if not args.bundle:
@@ -210,7 +221,7 @@ def _frames(source, loop: int):
             index += 1
 
 
-def _auto_costs(model, device, args, frames):
+def _auto_costs(model: Any, device: Any, args: argparse.Namespace, frames: Iterator[Frame]) -> tuple[ModeCosts, Iterator[Frame]]:
     """The controller's costs: the device profile (given, or measured on the first frame),
     scaled by the emulated device slowdown; edge times start as this device's own and are
     replaced by the server's measured ones from `Describe` once connected."""

@@ -43,6 +43,11 @@ class TorchDevice:
         self._stages: list[Stage] | None = None  # the original model as a stage chain (hedged local runs)
         self._resumable = False  # whether the split head is made of those stages' own modules
 
+    def expects(self) -> dict[str, str]:
+        """What the edge must serve for this device's split payloads (`ModelInfo`'s fields)."""
+        d = self.model.describe()
+        return {"split_point": d["split_point"], "codec": d["codec"], "bottleneck_digest": d["bottleneck_digest"]}
+
     @staticmethod
     def image(rgb: np.ndarray) -> torch.Tensor:
         """A captured H x W x 3 uint8 RGB frame as what the model takes."""

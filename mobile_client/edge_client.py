@@ -139,7 +139,12 @@ class EdgeClient:
         self.close()
         options = [("grpc.max_receive_message_length", self.max_message_bytes),
                    ("grpc.max_send_message_length", self.max_message_bytes),
-                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000), *self._lb_options]
+                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+                   # A kept channel (below) whose first attempts failed (the server not up yet) retries with
+                   # gRPC's own backoff, which grows to 120 s by default and would outlast every short wait the
+                   # session gives it (compose's device stayed local for its whole run): capped at 1 s.
+                   ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                   ("grpc.max_reconnect_backoff_ms", 1_000), *self._lb_options]
         self._channel, self._warm = self._warm or self._open_channel(options), None
         self._stub = pb_grpc.SplitEdgeStub(self._channel)
         try:

@@ -52,7 +52,7 @@ class OnnxDevice:
                  threads: int | None = None) -> None:
         import onnxruntime as ort
 
-        self.manifest = m = load_manifest(bundle)
+        self.manifest = m = load_manifest(bundle, roles=("head", "full"))
         self.jpeg_quality, self.device_slowdown = jpeg_quality, device_slowdown
         classes = {int(k): v for k, v in m["classes"].items()} if m.get("classes") else None
         self.model = BundleModel(m["model"], m["family"], m["split"]["point"], classes)
@@ -67,6 +67,12 @@ class OnnxDevice:
         self._payload = m["payload"]
 
     # -- what LiveIO calls --------------------------------------------------------------------
+    def expects(self) -> dict[str, str]:
+        """What the edge must serve for this bundle's split payloads (`ModelInfo`'s fields)."""
+        split = self.manifest["split"]
+        return {"split_point": split["point"], "codec": self.codec.name,
+                "bottleneck_digest": split.get("bottleneck_digest", "")}
+
     @staticmethod
     def image(rgb: np.ndarray) -> np.ndarray:
         """A captured frame stays the H x W x 3 uint8 RGB array: every step here takes it."""

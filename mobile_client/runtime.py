@@ -29,7 +29,7 @@ from split.detections import to_detections
 
 from mobile_client.controller import Controller
 from mobile_client.edge_client import DeadlineExceeded, EdgeClient, LateResult
-from mobile_client.errors import EdgeUnavailable
+from mobile_client.errors import EdgeUnavailable, ServedModelMismatch
 from mobile_client.session import Arrival, Encoded, Outcome, Session
 from mobile_client.sources import Frame
 
@@ -48,6 +48,7 @@ class Device(Protocol):
     device_slowdown: float
 
     def image(self, rgb: Any) -> Any: ...
+    def expects(self) -> dict[str, str]: ...
     def run_local(self, image: Any) -> tuple[Any, float]: ...
     def encode(self, image: Any, mode: str, hedge: bool) -> tuple[pb.Payload | None, float, Any]: ...
     def local_steps(self, image: Any, payload: pb.Payload, features: Any) -> "Iterator[None]": ...
@@ -78,6 +79,7 @@ class LiveIO:
                  clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client, self.device, self.options = client, device, options
         self.has_edge = client is not None
+        self.check_split = False  # connect() compares the edge's split with this device's (set when split may run)
         self._clock, self._sleep = clock, sleep  # the client's clock (its send and arrival times) and a wait on it
         self._t0 = clock()
         self._sent: dict[int, float] = {}  # pipelined frames in flight: id -> when sent (the client's clock)
@@ -90,8 +92,20 @@ class LiveIO:
         return self.client is not None and self.client.connected
 
     def connect(self, timeout_s: float) -> dict[str, float]:
+        """Open the stream; the edge's latencies of this model. With `check_split`, ServedModelMismatch when
+        the edge serves it under another split than this device's (a field it does not report is not checked)."""
         description = self.client.connect(timeout_s)
         info = next((m for m in description.models if m.name == self.device.model.name), None)
+        if info is not None and self.check_split:
+            theirs = {"split_point": info.split_point, "codec": info.codec, "bottleneck_digest": info.bottleneck_digest}
+            differ = [f"{k} {theirs[k]!r} (this device: {v!r})" for k, v in self.device.expects().items()
+                      if theirs[k] and v != theirs[k]]
+            if differ:
+                self.client.close()
+                raise ServedModelMismatch(
+                    f"{self.client.target} serves {info.name} with {', '.join(differ)}: this device's split payloads "
+                    "would not decode there; serve the checkpoint the device runs (or export the bundle from the "
+                    "served one), or run --mode offload or local")
         return dict(info.latency_ms) if info is not None else {}
 
     def close(self) -> None:

@@ -95,7 +95,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "family", "architecture", "split_point", "codec", "bottleneck_channels", "weights", "latency_ms")
+    __slots__ = ("name", "family", "architecture", "split_point", "codec", "bottleneck_channels", "weights", "latency_ms", "bottleneck_digest")
     class LatencyMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class ModelInfo(_message.Message):
     BOTTLENECK_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    BOTTLENECK_DIGEST_FIELD_NUMBER: _ClassVar[int]
     name: str
     family: str
     architecture: str
@@ -119,7 +120,8 @@ class ModelInfo(_message.Message):
     bottleneck_channels: int
     weights: str
     latency_ms: _containers.ScalarMap[str, float]
-    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., architecture: _Optional[str] = ..., split_point: _Optional[str] = ..., codec: _Optional[str] = ..., bottleneck_channels: _Optional[int] = ..., weights: _Optional[str] = ..., latency_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    bottleneck_digest: str
+    def __init__(self, name: _Optional[str] = ..., family: _Optional[str] = ..., architecture: _Optional[str] = ..., split_point: _Optional[str] = ..., codec: _Optional[str] = ..., bottleneck_channels: _Optional[int] = ..., weights: _Optional[str] = ..., latency_ms: _Optional[_Mapping[str, float]] = ..., bottleneck_digest: _Optional[str] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
     __slots__ = ("models", "max_message_bytes", "version")

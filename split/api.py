@@ -15,6 +15,7 @@ table, since `encode` must return the bytes the edge will read. Tensor byte layo
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import sys
 import threading
@@ -380,7 +381,21 @@ class SplitModel:
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, "split_point": self.at, "codec": self.codec.name,
                 "bottleneck_channels": self.bottleneck.channels if self.bottleneck else 0,
-                "split_channels": self.split_channels}
+                "split_channels": self.split_channels, "bottleneck_digest": self.bottleneck_digest()}
+
+    def bottleneck_digest(self) -> str:
+        """sha256 (16 hex digits) of the bottleneck's state (weights, and an entropy prior's tables); "" without one.
+
+        Why: a device's split payload decodes only under the same bottleneck (its decoder, its tables), and
+        two checkpoints of one recipe have the same codec and shapes. The edge reports it in `Describe`, a
+        bundle's manifest carries it, and the device refuses to split against another (docs/lean-client.md)."""
+        if self.bottleneck is None:
+            return ""
+        digest = hashlib.sha256()
+        for name, value in sorted(self.bottleneck.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
 
 def _caller_level() -> int:

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bottlenecks.wire import EncodedTensor, TableCoder, uint8_encode
+from bottlenecks.wire import EncodedTensor, TableCoder, channel_indexes, uint8_encode
 
 __all__ = ["BUNDLE_FORMAT", "MANIFEST", "BundleCodec", "BundleError", "load_manifest", "preprocess", "resized",
            "sha256"]
@@ -38,9 +38,18 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The bundle's manifest, after checking every file it lists against its sha256 (BundleError
-    naming the file that is missing, outside the bundle or changed since export)."""
+# What a runtime reads of a manifest: refused by name when missing, not met later as a bare KeyError.
+_REQUIRED = ("model", "family", "input.shape", "input.resize.rule", "input.normalization.rule", "split.point",
+             "payload.split_point", "payload.image_size", "payload.batch_size", "payload.split_size", "codec.name",
+             "outputs", "files")
+
+
+def load_manifest(directory: str | os.PathLike[str], roles: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The bundle's manifest, after checking its files against their sha256 (BundleError naming the file
+    that is missing, outside the bundle or changed since export, or the field the manifest lacks).
+
+    `roles` (e.g. `("head", "full")`): check only those files, all there must be; a device need not carry
+    the edge's graph, nor hash it at every start. None: every file listed."""
     root = Path(directory).resolve()
     path = root / MANIFEST
     if not path.is_file():
@@ -52,6 +61,17 @@ def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
         raise BundleError(f"{path}: not a bundle manifest ({exc})") from None
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: format {manifest.get('format')!r}, this reads {BUNDLE_FORMAT!r}")
+    for key in _REQUIRED:
+        node: Any = manifest
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise BundleError(f"{path}: the manifest has no {key!r}; export the bundle again with `splitedge export`")
+    if roles is not None:
+        missing = [r for r in roles if r not in manifest["files"]]
+        if missing:
+            raise BundleError(f"{path}: the bundle has no {', '.join(missing)} graph (it lists {', '.join(manifest['files'])})")
+        entries = [(r, manifest["files"][r]) for r in roles]
     for role, entry in entries:
         file = (root / entry["path"]).resolve()
         if root not in file.parents:
@@ -143,8 +163,6 @@ class BundleCodec:
             return uint8_encode(wire, self.name)
         if self._coder is not None:
             symbols = np.rint(wire.astype(np.float32) - self._medians).astype(np.int32)  # compressai's "symbols"
-            c, h, w = shape[1:]
-            indexes = np.broadcast_to(np.arange(c).reshape(c, 1, 1), (c, h, w))
-            return EncodedTensor(self.name, "float32", shape, self._coder.encode(symbols, indexes))
+            return EncodedTensor(self.name, "float32", shape, self._coder.encode(symbols, channel_indexes(shape)))
         wire_dtype = "<f4" if self.name == "float32" else "<f2"
         return EncodedTensor(self.name, "float32", shape, wire.astype(wire_dtype).tobytes())

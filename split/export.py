@@ -62,6 +62,7 @@ from bottlenecks import EncodedTensor, EntropyCodec, Float16Codec, Float32Codec,
 from protos import splitedge_pb2 as pb
 from split.adapters import ImageBatch, Outputs, Size
 from split.api import SplitModel
+from split.labels import label_names
 from split.bundle import BUNDLE_FORMAT, MANIFEST, BundleError, load_manifest, sha256
 from split.models.ssdlite_tf import TFTransform
 
@@ -386,10 +387,13 @@ def _manifest(model: SplitModel, batch: ImageBatch, split_size: Size, z: Tensor,
 
     return {
         "format": BUNDLE_FORMAT, "model": model.name, "family": model.family, "weights": source,
-        "classes": {str(k): v for k, v in model.classes.items()} if model.classes else None,
+        # Every label's name, so that a device without torchvision (whose weight metadata holds COCO's and
+        # ImageNet's) can name what it draws.
+        "classes": {str(k): v for k, v in label_names(model.family, model.classes).items()},
         "input": {"shape": list(batch.tensor.shape), "dtype": "float32", "layout": "NCHW", "color": "RGB",
                   "example_frame_size": list(batch.original_size), **_preprocessing(model)},
         "split": {"point": model.at, "size": list(split_size), "wire_shape": list(z.shape), "wire_dtype": "float32",
+                  "bottleneck_digest": model.bottleneck_digest(),
                   "prefilter": "not exported: the head sends every frame" if model.prefilter is not None else None},
         # What the device puts in a Payload beside the coded tensor (protos/splitedge.proto).
         "payload": {"model": model.name, "split_point": model.at, "image_size": list(batch.image_size),

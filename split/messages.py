@@ -1,6 +1,6 @@
 """Codec output to wire messages and back: the one conversion, for the torch and the ONNX device.
 
-Torch-free (numpy-free too), so that `split.api` (torch) and `mobile_client.onnx_device` (a
+Torch-free, so that `split.api` (torch) and `mobile_client.onnx_device` (a
 lean device) fill a `Payload` the same way."""
 
 from __future__ import annotations

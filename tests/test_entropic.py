@@ -1,4 +1,4 @@
-"""Entropic students: the rANS codec round-trips bit-exactly, tables are the checkpoint's and are
+"""Entropic students: the entropy-coded codec round-trips bit-exactly, tables are the checkpoint's and are
 never recomputed per frame, another compressai version is refused, hostile bytes never crash the
 decoder, and rate-distortion distillation trains, resumes and builds through the recipe names.
 

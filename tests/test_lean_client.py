@@ -147,3 +147,46 @@ def test_a_client_only_venv_has_no_torch_and_serves_every_mode(lean_venv, bundle
     assert len(torch_only.stderr.strip().splitlines()) == 1, torch_only.stderr
     serve = _lean(lean_venv, "serve")
     assert serve.returncode == 2 and "pip install 'splitedge[edge]'" in serve.stderr, serve.stderr
+
+
+def test_a_bundle_names_what_is_missing_and_a_device_needs_only_its_graphs(bundle, tmp_path):
+    import json as _json
+    import shutil
+
+    from split.bundle import BundleError, load_manifest
+
+    device_only = tmp_path / "device-only"
+    shutil.copytree(bundle, device_only)
+    shutil.rmtree(device_only / "edge")  # a device carries no edge graph
+    assert OnnxDevice(device_only).model.name == default_recipe().name
+    with pytest.raises(BundleError, match=r"edge/tail\.onnx \(tail\): listed in the manifest but missing"):
+        load_manifest(device_only)  # every file, when no roles are named
+    manifest = _json.loads((bundle / "manifest.json").read_text())
+    del manifest["payload"]["split_size"]
+    (device_only / "manifest.json").write_text(_json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"no 'payload\.split_size'"):
+        OnnxDevice(device_only)
+    assert manifest["classes"] == {"1": "person"} and manifest["split"]["bottleneck_digest"]
+
+
+@pytest.mark.slow
+def test_a_device_refuses_to_split_against_an_edge_with_another_bottleneck(bundle, tmp_path):
+    """The 8-bit checkpoint served, the entropy-coded bundle on the device: one line, exit 2, before any frame;
+    offload needs only the model and goes on."""
+    from tests.conftest import splitedge
+
+    server = ServerProcess("--checkpoint", str(ROOT / "checkpoints" / "ssdlite_person_f6_c6.pt"))
+    try:
+        common = ["--runtime", "onnx", "--bundle", str(bundle), "--server", server.target, "--source",
+                  str(ROOT / "samples" / "people"), "--limit", "2"]
+        split = subprocess.run(splitedge("run", *common, "--mode", "split", "--out", str(tmp_path / "s.jsonl")),
+                               capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+        assert split.returncode == 2, split.stderr
+        line = split.stderr.strip().splitlines()[-1]
+        assert "splitedge run: error:" in line and "bottleneck_digest" in line and "codec 'uint8'" in line, line
+        offload = subprocess.run(splitedge("run", *common, "--mode", "offload", "--out", str(tmp_path / "o.jsonl")),
+                                 capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+        assert offload.returncode == 0, offload.stderr
+        assert all(json.loads(r)["error"] is None for r in (tmp_path / "o.jsonl").read_text().splitlines())
+    finally:
+        server.stop()

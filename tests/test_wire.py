@@ -66,16 +66,22 @@ def test_a_stream_cut_or_padded_is_refused():
         coder.decode(data[:-1], indexes)
     with pytest.raises(CodecError, match="do not decode"):  # the coder's words never end in a zero word
         coder.decode(data + bytes(8), indexes)
-    with pytest.raises(CodecError, match="hold more than"):
+    with pytest.raises(CodecError, match="do not end where a latent of 200 values does"):
         coder.decode(b"\x01\x00\x00\x00" + data, indexes)
+    with pytest.raises(CodecError, match="at least one"):
+        coder.decode(b"", indexes)
+    with pytest.raises(CodecError, match="must be integers"):
+        coder.encode(np.arange(200) / 2, indexes)
     with pytest.raises(CodecError, match="table index"):
         coder.decode(data, indexes + coder.tables)
 
 
 def test_a_value_too_large_for_the_overflow_word_is_refused():
     coder = _tables(2)
-    with pytest.raises(CodecError, match="32-bit overflow word"):
+    with pytest.raises(CodecError, match="32-bit overflow code"):
         coder.encode(np.array([2**40]), np.array([0]))
+    np.testing.assert_array_equal(coder.decode(coder.encode(np.array([2**30, -2**30]), np.array([0, 1])), np.array([0, 1])),
+                                  [2**30, -2**30])  # far past the tables, still within the code
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -12,7 +12,9 @@
 # up), every frame got its line, and at least MIN_REMOTE frames were served by the edge (mode split
 # or offload, no fallback, no error), with the edge's metrics counting them. Exit 1 with one line
 # that says what failed and where its log is; the compose logs are kept in $WORK.
-#   env: LOOPS (passes over samples/coco's 6 images; default 2), MIN_REMOTE (default 3),
+#   env: MODE (the device's; default split: auto may rightly keep every frame local on a loaded machine,
+#        which would prove nothing of the path through the emulator), LOOPS (passes over samples/coco's
+#        6 images; default 2), MIN_REMOTE (default 3),
 #        TIMEOUT_S (the stack's whole run; default 600), WORK (logs and the JSONL; default a new
 #        /tmp/splitedge-compose-test.XXXXXX), BASE_IMAGE, IMAGE (default localhost/splitedge:latest),
 #        TORCH_PINS, EXTRAS (build-image.sh's)
@@ -20,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=scripts/container
 loops=${LOOPS:-2}
+mode=${MODE:-split}
 min_remote=${MIN_REMOTE:-3}
 timeout_s=${TIMEOUT_S:-600}
 base=${BASE_IMAGE:-localhost/splitedge-base:bookworm}
@@ -41,7 +44,7 @@ sock="$work/podman.sock"
 podman system service --time=0 "unix://$sock" > "$work/podman-service.log" 2>&1 &
 service_pid=$!
 export DOCKER_HOST="unix://$sock" COMPOSE_PROJECT_NAME=$project
-export IMAGE=$image BASE=$base LOOPS=$loops RESULTS="$work/results"
+export IMAGE=$image BASE=$base LOOPS=$loops MODE=$mode RESULTS="$work/results"
 compose() { docker-compose --ansi never "$@"; }
 healthcheck_pid=
 cleanup() {
@@ -112,7 +115,7 @@ for service in edge emulator; do
     grep -q "^$service running .* health=healthy" <<< "$states" || fail "$service was not running when the device finished ($work/compose.log)"
 done
 grep -q "emulating on" <<< "$emulator_log" || fail "the emulator never said it was listening ($work/compose.log)"
-jsonl="$work/results/auto.jsonl"
+jsonl="$work/results/$mode.jsonl"
 [[ -s $jsonl ]] || fail "the device wrote no $jsonl ($work/compose.log)"
 if ! python3 - "$jsonl" "$((6 * loops))" "$min_remote" "$work/edge-metrics.txt" "$delay_ms" <<'EOF' 
 import json, re, sys
