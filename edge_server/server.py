@@ -14,9 +14,13 @@ for ``connection_idle_s`` is closed; clients may ping every 10 s or slower.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -123,9 +127,11 @@ class EdgeServer:
         log_event("stopped", drained=drained)
 
 
-async def serve(registry: ModelRegistry, options: ServerOptions, ready=None, failed: dict[str, str] | None = None) -> None:
+async def serve(registry: ModelRegistry, options: ServerOptions, ready=None, failed: dict[str, str] | None = None,
+                beside: Callable[[EdgeServer], AbstractAsyncContextManager[Any]] | None = None) -> None:
     """Serve until SIGINT/SIGTERM, then drain and stop. `ready(port, metrics_port)` is called once listening
-    (port 0 = any free; metrics_port None without metrics)."""
+    (port 0 = any free; metrics_port None without metrics). `beside(server)`: what runs with the server, entered
+    after `ready` and left before the drain (the browser page, `edge_server.web.serve_with_web`)."""
     server = EdgeServer(registry, options, failed)
     port = await server.start()
     stop = asyncio.Event()
@@ -134,5 +140,6 @@ async def serve(registry: ModelRegistry, options: ServerOptions, ready=None, fai
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
         ready(port, server.metrics_port)
-    await stop.wait()
+    async with beside(server) if beside is not None else contextlib.nullcontext():
+        await stop.wait()
     await server.stop()

@@ -21,19 +21,19 @@ JavaScript port) at the bundle's split point. The served model and the bundle ar
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 import re
-import signal
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Callable
 
 from edge_server.auth import OPEN, Grant
 from edge_server.metrics import log_event
 from edge_server.registry import ModelRegistry
-from edge_server.server import EdgeServer, ServerOptions
+from edge_server.server import EdgeServer, ServerOptions, serve
 from edge_server.validation import ModelLimits
 
 if TYPE_CHECKING:
@@ -327,18 +327,16 @@ async def serve_with_web(registry: ModelRegistry, options: ServerOptions, web: W
                          web_ready: Callable[[WebServer], None] | None = None) -> None:
     """`edge_server.server.serve` with the page beside it: serve until SIGINT/SIGTERM, then close the page's
     peers, drain and stop."""
-    server = EdgeServer(registry, options, failed)
-    port = await server.start()
-    page = WebServer(server, options, web)
-    await page.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready(port, server.metrics_port)
-    if web_ready is not None:
-        web_ready(page)
-    await stop.wait()
-    await page.stop()
-    await server.stop()
+
+    @contextlib.asynccontextmanager
+    async def page(server: EdgeServer) -> AsyncIterator[None]:
+        started = WebServer(server, options, web)
+        await started.start()
+        try:
+            if web_ready is not None:
+                web_ready(started)
+            yield
+        finally:
+            await started.stop()
+
+    await serve(registry, options, ready, failed, beside=page)

@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from split.cli_util import add_auto_switches, add_edge_load_switch, add_mode_choice, fail, parse_accuracy, parse_modes
+from split.dispatch import EXTRA_OF
 from split.labels import label_names
 
 from mobile_client.controller import Controller
@@ -26,8 +27,6 @@ from mobile_client.sources import Frame, SourceError, open_source
 __all__ = ["main"]
 
 FIXED_MODES = ("local", "split", "offload")
-# What a runtime misses on an install without its extra (pyproject.toml), and that extra.
-_EXTRA_OF = {"torch": "edge", "torchvision": "edge", "compressai": "edge", "onnxruntime": "client"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,11 +87,11 @@ def main(command: str, argv: list[str]) -> int:
         model, device, weights = _device(args)
         source = open_source(args.source, args.limit)
     except ModuleNotFoundError as exc:
-        if exc.name not in _EXTRA_OF:
+        if exc.name not in EXTRA_OF:
             raise
         other = (", or run an exported bundle with --runtime onnx --bundle DIR" if args.runtime == "torch" else "")
         return _fail(f"the {args.runtime} runtime needs {exc.name}, which is not installed: pip install "
-                     f"'splitedge[{_EXTRA_OF[exc.name]}]'{other} (docs/lean-client.md)")
+                     f"'splitedge[{EXTRA_OF[exc.name]}]'{other} (docs/lean-client.md)")
     except (KeyError, ValueError, SourceError) as exc:  # an unknown recipe, weights, a bundle, a source
         return _fail(str(exc.args[0]) if isinstance(exc, KeyError) else str(exc))
     frames = _frames(source, args.loop)

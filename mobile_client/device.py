@@ -16,9 +16,8 @@ stage is a wait that the edge's result ends at once).
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,8 @@ from protos import splitedge_pb2 as pb
 from split import SplitModel
 from split.adapters import ImageBatch, Outputs, Stage
 
+from mobile_client.runtime import SlowedCompute
+
 __all__ = ["TorchDevice", "to_tensor"]
 
 
@@ -35,7 +36,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div_(255.0)
 
 
-class TorchDevice:
+class TorchDevice(SlowedCompute):
     """Runs one :class:`~split.SplitModel`'s device side, timing each compute (with the emulated slowdown)."""
 
     def __init__(self, model: SplitModel, *, jpeg_quality: int = 90, device_slowdown: float = 1.0) -> None:
@@ -52,16 +53,6 @@ class TorchDevice:
     def image(rgb: np.ndarray) -> torch.Tensor:
         """A captured H x W x 3 uint8 RGB frame as what the model takes."""
         return to_tensor(rgb)
-
-    def compute(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-        """Run device compute; with a device slowdown K, wait (K-1) times as long again. Returns (out, seconds)."""
-        t = time.perf_counter()
-        out = fn(*args)
-        s = time.perf_counter() - t
-        if self.device_slowdown > 1:
-            time.sleep(s * (self.device_slowdown - 1))
-            s *= self.device_slowdown
-        return out, s
 
     def run_local(self, image: torch.Tensor) -> tuple[Outputs, float]:
         return self.compute(self.model.full, image)

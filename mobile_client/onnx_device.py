@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -31,6 +31,8 @@ from protos import splitedge_pb2 as pb
 from bottlenecks.wire import EncodedTensor
 from split.bundle import BundleCodec, BundleError, load_manifest, preprocess, resized
 from split.messages import size_message, tensor_message
+
+from mobile_client.runtime import SlowedCompute
 
 __all__ = ["BundleModel", "OnnxDevice"]
 
@@ -45,7 +47,7 @@ class BundleModel:
     classes: dict[int, str] | None
 
 
-class OnnxDevice:
+class OnnxDevice(SlowedCompute):
     """One bundle's device side, timing each compute (with the emulated slowdown, as TorchDevice)."""
 
     def __init__(self, bundle: str | os.PathLike[str], *, jpeg_quality: int = 90, device_slowdown: float = 1.0,
@@ -77,16 +79,6 @@ class OnnxDevice:
     def image(rgb: np.ndarray) -> np.ndarray:
         """A captured frame stays the H x W x 3 uint8 RGB array: every step here takes it."""
         return rgb
-
-    def compute(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
-        """Run device compute; with a device slowdown K, wait (K-1) times as long again. Returns (out, seconds)."""
-        t = time.perf_counter()
-        out = fn(*args)
-        s = time.perf_counter() - t
-        if self.device_slowdown > 1:
-            time.sleep(s * (self.device_slowdown - 1))
-            s *= self.device_slowdown
-        return out, s
 
     def run_local(self, rgb: np.ndarray) -> tuple[dict[str, np.ndarray], float]:
         return self.compute(self.full, rgb)

@@ -36,7 +36,24 @@ from mobile_client.sources import Frame
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Device", "DeviceRuntime", "RuntimeOptions", "LiveIO"]
+__all__ = ["Device", "DeviceRuntime", "RuntimeOptions", "LiveIO", "SlowedCompute"]
+
+
+class SlowedCompute:
+    """Timing of device compute, for both devices: with ``device_slowdown`` K > 1 (standing for a slower
+    device) each compute is stretched by waiting K-1 times as long again."""
+
+    device_slowdown: float = 1.0
+
+    def compute(self, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+        """Run device compute, stretched by the slowdown. Returns (out, seconds)."""
+        t = time.perf_counter()
+        out = fn(*args)
+        s = time.perf_counter() - t
+        if self.device_slowdown > 1:
+            time.sleep(s * (self.device_slowdown - 1))
+            s *= self.device_slowdown
+        return out, s
 
 
 class Device(Protocol):

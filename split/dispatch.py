@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "EXTRA_OF", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("split.cli", "list the model recipes (first column: name; first line: the default)"),
@@ -29,8 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 # What a command may miss on a lean install, and the extra that brings it (pyproject.toml).
-_EXTRA_OF = {"torch": "edge", "torchvision": "edge", "compressai": "edge", "prometheus_client": "edge",
-             "pycocotools": "train", "matplotlib": "train", "aiortc": "web", "aiohttp": "web"}
+# `splitedge run` reads it too, for what a runtime misses (torch's, or onnxruntime).
+EXTRA_OF = {"torch": "edge", "torchvision": "edge", "compressai": "edge", "prometheus_client": "edge",
+            "onnxruntime": "client", "pycocotools": "train", "matplotlib": "train", "aiortc": "web", "aiohttp": "web"}
 
 
 def _usage() -> str:
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(COMMANDS[command][0])
     except ModuleNotFoundError as exc:  # a lean install (`splitedge[client]`) has no torch: say which extra
-        if exc.name not in _EXTRA_OF:
+        if exc.name not in EXTRA_OF:
             raise
         print(f"splitedge {command}: error: needs {exc.name}, which is not installed: pip install "
-              f"'splitedge[{_EXTRA_OF[exc.name]}]' (docs/lean-client.md)", file=sys.stderr)
+              f"'splitedge[{EXTRA_OF[exc.name]}]' (docs/lean-client.md)", file=sys.stderr)
         return 2
     return int(module.main(command, rest) or 0)
 

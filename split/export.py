@@ -276,8 +276,7 @@ def _codes(model: SplitModel, z: Tensor) -> np.ndarray:
     """What the codec sends for `z`: 8-bit codes or entropy symbols as integers, else the values."""
     codec = model.codec
     if isinstance(codec, EntropyCodec):
-        prior = codec.student.entropy
-        return prior.quantize(z, "symbols", prior._get_medians().reshape(-1, 1, 1)).numpy().astype(np.int64)
+        return codec.student.symbols(z).astype(np.int64)
     if isinstance(codec, Uint8Codec):
         return np.frombuffer(codec.encode(z).data, np.uint8).astype(np.int64)
     return z.numpy().astype(np.float64)

@@ -67,6 +67,18 @@ def server():
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests: they share two cores, and oversubscribed threads
+    spin-wait each other (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture
 def no_cached_weights(monkeypatch, tmp_path_factory):
     """An empty torch hub cache: recipes with default weights (`Recipe.weights`) build their seeded

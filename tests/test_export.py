@@ -17,13 +17,7 @@ from split.recipes import build, default_recipe
 PEOPLE = Path(__file__).resolve().parents[1] / "samples" / "people" / "000000000389.jpg"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: the tests share two cores, and oversubscribed threads spin-wait each other."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _frame(size: tuple[int, int]) -> torch.Tensor:

@@ -48,13 +48,7 @@ needs_person = pytest.mark.skipif(cached_checkpoint() is None,
                                   reason="the person detector's converted weights are not cached (`make weights`)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: the tests share two cores, and oversubscribed threads spin-wait each other."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(path: Path) -> torch.Tensor:
