@@ -60,6 +60,7 @@ def _noop_registry():
 
     model = SimpleNamespace(name="noop", family="classifier", at="noop", codec=SimpleNamespace(name="uint8"),
                             wire_channels=1, bottleneck=None, adapter=SimpleNamespace(crop_size=CROP),
+                            batch_key=lambda payload: tuple(payload.tensor.shape),
                             describe=lambda: {"family": "classifier", "split_point": "noop", "codec": "uint8",
                                               "bottleneck_channels": 0})
     return ModelRegistry([NoopServed(model=model, weights="none", architecture="noop")])
@@ -71,11 +72,9 @@ def _frame_bytes(nbytes: int) -> bytes:
 
     h = next(d for d in range(min(CROP, int(nbytes ** 0.5)), 0, -1) if nbytes % d == 0 and nbytes // d <= CROP)
     w = nbytes // h
-    side = pb.Size(height=CROP, width=CROP)
-    payload = pb.Payload(model="noop", split_point="noop", original_size=side, image_size=side, batch_size=side,
+    payload = pb.Payload(model="noop", split_point="noop", original_size=pb.Size(height=CROP, width=CROP),
                          split_size=pb.Size(height=h, width=w),
-                         tensor=pb.Tensor(codec="uint8", dtype="float32", shape=[1, 1, h, w], scale=0.1,
-                                          data=bytes(nbytes)))
+                         tensor=pb.Tensor(codec="uint8", shape=[1, 1, h, w], scale=0.1, data=bytes(nbytes)))
     return pb.Frame(frame_id=1, payload=payload).SerializeToString()
 
 

@@ -53,10 +53,11 @@ from bottlenecks.codecs import CodecError, EncodedTensor, TensorCodec
 from bottlenecks.wire import TableCoder, channel_indexes
 from bottlenecks.modules import BottleneckSpecError, build_from_spec, check_spec_keys
 
-__all__ = ["ENCODER_INPUTS", "ENTROPIC_PRIORS", "EntropicStudent", "EntropyCodec"]
+__all__ = ["ENCODER_INPUTS", "ENTROPIC_PRIORS", "EntropicStudent", "EntropyCodec", "SPLIT_KINDS"]
 
 ENTROPIC_PRIORS = ("factorized", "hyperprior")
 ENCODER_INPUTS = ("image", "split")
+SPLIT_KINDS = ("conv", "block")  # the hnd-ghnd kinds whose latent an `encoder_from="split"` prior codes
 def _compressai_version() -> str:
     import compressai
 
@@ -126,21 +127,20 @@ class EntropicStudent(nn.Module):
     """Image -> latent (device) -> learned prior and ANS bytes -> features at the split point (edge).
 
     The `Bottleneck` contract where it applies (`encoder`, `decoder`, `channels`,
-    `in_channels` = the split point's channels, `downsample` = 0: the latent is at the split
-    point's stride, `spec()` / `from_spec`), plus `codec()`, which `split.SplitModel` uses
+    `in_channels` = the split point's channels, `downsample`: halvings past the split point's
+    stride, 0 but for a block latent, `spec()` / `from_spec`), plus `codec()`, which `split.SplitModel` uses
     instead of the recipe's codec, and `replaces_head`: with `encoder_from="image"` the
     encoder takes the preprocessed image instead of the backbone's first blocks' output.
     `encoder_from="split"` keeps those blocks on the device and puts the learned prior on the
-    hnd-ghnd conv bottleneck's latent instead (`hidden` is then its width): an 8-bit
+    hnd-ghnd bottleneck's latent instead (`split_kind` "conv", `hidden` its width, or "block", the
+    transform coder of `downsample` halvings that the classifier ships): an 8-bit
     checkpoint's encoder and decoder start it (`split.train.rate_distortion`), so it costs a few
     CPU-minutes to train where a student from the image needs far more than this project had.
     """
 
-    downsample = 0
-
     def __init__(self, in_channels: int, channels: int = 24, hidden: int = 32, stride_log2: int = 3,
                  prior: str = "factorized", decoder_hidden: int = 64, encoder_from: str = "image",
-                 kind: str = "entropic") -> None:
+                 kind: str = "entropic", split_kind: str = "conv", downsample: int = 0) -> None:
         super().__init__()
         if kind != "entropic":
             raise ValueError(f"EntropicStudent is kind 'entropic', got {kind!r}")
@@ -151,11 +151,15 @@ class EntropicStudent(nn.Module):
             raise ValueError(f"unknown prior {prior!r}; known: {', '.join(ENTROPIC_PRIORS)}")
         if encoder_from not in ENCODER_INPUTS:
             raise ValueError(f"encoder_from must be one of {', '.join(ENCODER_INPUTS)}, got {encoder_from!r}")
+        if split_kind not in SPLIT_KINDS or downsample < 0 or (encoder_from == "image" and (split_kind, downsample) != ("conv", 0)):
+            raise ValueError(f"split_kind must be one of {', '.join(SPLIT_KINDS)} and downsample >= 0; a student "
+                             f"from the image takes neither (conv, 0); got {split_kind!r}, {downsample} with "
+                             f"encoder_from {encoder_from!r}")
         from compressai.entropy_models import EntropyBottleneck
 
         self.in_channels, self.channels, self.hidden, self.decoder_hidden = in_channels, channels, hidden, decoder_hidden
         self.stride_log2, self.prior, self.kind = stride_log2, prior, kind
-        self.encoder_from = encoder_from
+        self.encoder_from, self.split_kind, self.downsample = encoder_from, split_kind, downsample
         self.replaces_head = encoder_from == "image"
         if self.replaces_head:
             self.encoder = _encoder(channels, hidden, stride_log2)
@@ -163,8 +167,8 @@ class EntropicStudent(nn.Module):
         else:  # the hnd-ghnd conv bottleneck's layers, after the backbone's first blocks
             from bottlenecks.modules import Bottleneck
 
-            conv = Bottleneck(in_channels, channels, hidden, 0, "conv")
-            self.encoder, self.decoder = conv.encoder, conv.decoder
+            coder = Bottleneck(in_channels, channels, hidden, downsample, split_kind)
+            self.encoder, self.decoder = coder.encoder, coder.decoder
         self._coders: dict[str, TableCoder] = {}  # built from the tables once (`table_coder`)
         if prior == "factorized":
             self.entropy: nn.Module = EntropyBottleneck(channels)
@@ -176,7 +180,13 @@ class EntropicStudent(nn.Module):
         """Image -> decoded features and the likelihoods (uniform noise in training mode)."""
         y = self.encoder(x)
         y_hat, likelihoods = self.entropy(y) if self.prior == "hyperprior" else self._factorized(y)
-        return self.decoder(y_hat), likelihoods
+        return self.decode(y_hat, tuple(x.shape[-2:])), likelihoods
+
+    def decode(self, y_hat: Tensor, size: tuple[int, int]) -> Tensor:
+        """The decoder's features, cropped (`encoder_from="split"`) to the encoder input's `size`: a block
+        latent covers the split tensor padded to whole blocks (`split.api.Tail` crops the same way)."""
+        out = self.decoder(y_hat)
+        return out if self.replaces_head else out[..., : size[0], : size[1]]
 
     def _factorized(self, y: Tensor) -> tuple[Tensor, list[Tensor]]:
         y_hat, lik = self.entropy(y)
@@ -294,14 +304,20 @@ class EntropicStudent(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": self.kind, "channels": self.channels, "hidden": self.hidden, "stride_log2": self.stride_log2,
+        """The constructor's arguments; `split_kind` and `downsample` only where they differ from a conv
+        latent's, so that the specs of checkpoints made before the block latent stay what they were."""
+        spec = {"kind": self.kind, "channels": self.channels, "hidden": self.hidden, "stride_log2": self.stride_log2,
                 "prior": self.prior, "decoder_hidden": self.decoder_hidden, "encoder_from": self.encoder_from,
                 "compressai": _compressai_version()}
+        if (self.split_kind, self.downsample) != ("conv", 0):
+            spec.update(split_kind=self.split_kind, downsample=self.downsample)
+        return spec
 
     @classmethod
     def from_spec(cls, in_channels: int, spec: dict[str, Any]) -> "EntropicStudent":
         """Rebuild from `spec()`; BottleneckSpecError for unknown keys or another compressai version."""
-        known = {"kind", "channels", "hidden", "stride_log2", "prior", "decoder_hidden", "encoder_from", "compressai"}
+        known = {"kind", "channels", "hidden", "stride_log2", "prior", "decoder_hidden", "encoder_from", "compressai",
+                 "split_kind", "downsample"}
         check_spec_keys(spec, known, "entropic")
         made_with, here = spec.get("compressai"), _compressai_version()
         if made_with != here:
@@ -312,7 +328,8 @@ class EntropicStudent(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_channels={self.in_channels}, channels={self.channels}, hidden={self.hidden}, "
-                f"stride_log2={self.stride_log2}, prior={self.prior!r}, decoder_hidden={self.decoder_hidden}")
+                f"stride_log2={self.stride_log2}, prior={self.prior!r}, decoder_hidden={self.decoder_hidden}, "
+                f"encoder_from={self.encoder_from!r}, split_kind={self.split_kind!r}, downsample={self.downsample}")
 
 
 class EntropyCodec(TensorCodec):

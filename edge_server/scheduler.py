@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from protos import splitedge_pb2 as pb
-from split import SplitModel
 from split.adapters import Outputs
 
 if TYPE_CHECKING:
@@ -140,7 +139,7 @@ class BatchScheduler:
         """The outputs for one validated payload and the ms its batch took; raises what its decode raised
         (:class:`split.PayloadMismatch` for a payload that does not fit)."""
         loop = asyncio.get_running_loop()
-        key = (served.model.name, SplitModel.batch_key(payload))
+        key = (served.model.name, served.model.batch_key(payload))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group(served, deque())

@@ -56,7 +56,11 @@ from edge_server.validation import ModelLimits, check_payload, frame_id_of
 
 __all__ = ["Limits", "SplitEdgeServicer", "VERSION"]
 
-VERSION = "2"  # 2: the entropy codec's bytes are constriction's ANS (docs/entropic.md); ModelInfo.bottleneck_digest
+# The protocol's revision, in DescribeResponse.version:
+#   3: a Payload carries no image_size or batch_size (the edge derives them from original_size), a Tensor
+#      no dtype, and only the 8-bit codec sends a scale and zero point;
+#   2: the entropy codec's bytes are constriction's ANS; ModelInfo.bottleneck_digest.
+VERSION = "3"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SplitEdge"].full_name
 log = logging.getLogger("splitedge.server")
 Code = grpc.StatusCode

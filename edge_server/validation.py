@@ -3,96 +3,38 @@
 Every number a client sends is checked before anything is allocated or computed from it
 (DESIGN.md §3, "Edge service"). The checks are cheap and run on the event loop:
 
-* the sizes follow from the model's transform: ``image_size`` is what the transform makes of
-  ``original_size`` (``batch_size`` too, padded as the transform pads; for an offload JPEG it
-  equals ``image_size``), so the head never runs on a size a client made up;
-* the tensor's split point, codec, dtype, shape and byte length match the model exactly (an
+* ``original_size`` is bounded; the sizes after the model's resize and padding are not sent but
+  computed from it (`split.limits.ModelLimits`, the transform's arithmetic), so the head never
+  runs on a size a client made up;
+* the tensor's split point, codec, shape and byte length match the model exactly (an
   entropy-coded latent's length is variable: at most ``EntropyCodec.max_bytes`` of its shape), and
   its quantization parameters are finite (the 8-bit scale positive);
-* a JPEG's dimensions are read from its frame header (SOF) and must equal ``image_size``
+* a JPEG's dimensions are read from its frame header (SOF) and must equal the resized image's
   before OpenCV decodes it: a few hundred bytes cannot make the decoder allocate gigabytes.
 
 What stays for the compute worker is the one check that needs the model: ``split_size`` against
-the size measured at the split point for this ``batch_size``, which is now one of the few
-sizes the transform can produce. A check that fails raises :class:`split.PayloadMismatch`
-naming the field (``INVALID_ARGUMENT`` for that frame only).
+the size measured at the split point for the padded batch, which is one of the few sizes the
+transform can produce. A check that fails raises :class:`split.PayloadMismatch` naming the field
+(``INVALID_ARGUMENT`` for that frame only).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from bottlenecks import EntropyCodec
 from protos import splitedge_pb2 as pb
-from split import PayloadMismatch, SplitModel
+from split import PayloadMismatch
 from split.api import MAX_SIDE
+from split.limits import ModelLimits, Size
 
 __all__ = ["ModelLimits", "check_payload", "jpeg_size", "frame_id_of"]
 
-Size = tuple[int, int]
 _ITEMSIZE = {"float32": 4, "float16": 2, "uint8": 1}
 # SOF markers: 0xC0..0xCF but DHT (C4), JPG (C8) and DAC (CC); standalone markers carry no length.
 _SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])
 _FLOAT32_MAX = 3.4028234663852886e38
-
-
-@dataclass(frozen=True)
-class ModelLimits:
-    """What a served model accepts, read once from the model: its transform, split point and codec.
-
-    ``fixed_size`` / ``min_size`` / ``max_size`` / ``size_divisible`` are torchvision's
-    ``GeneralizedRCNNTransform`` (eval mode: the last ``min_size``); the TF-ported SSDLite's
-    transform resizes every image to one square ``size``, unpadded; a classifier's transform is
-    a resize then a centre crop, so every image is ``crop`` x ``crop``.
-    """
-
-    name: str
-    split_point: str
-    codec: str
-    wire_channels: int
-    downsample: int
-    fixed_size: Size | None = None
-    min_size: int = 0
-    max_size: int = 0
-    size_divisible: int = 1
-    crop: int = 0
-
-    @classmethod
-    def of(cls, model: SplitModel) -> ModelLimits:
-        common = dict(name=model.name, split_point=model.at, codec=model.codec.name,
-                      wire_channels=model.wire_channels,
-                      downsample=model.bottleneck.downsample if model.bottleneck else 0)
-        if model.family == "classifier":
-            return cls(**common, crop=int(model.adapter.crop_size))
-        t = model.adapter.model.transform
-        if not hasattr(t, "min_size"):  # one square size, no padding: split.models.SSDLiteTF's TFTransform
-            return cls(**common, fixed_size=(int(t.size), int(t.size)))
-        fixed = (int(t.fixed_size[0]), int(t.fixed_size[1])) if t.fixed_size is not None else None
-        return cls(**common, fixed_size=fixed, min_size=int(t.min_size[-1]), max_size=int(t.max_size),
-                   size_divisible=int(t.size_divisible))
-
-    def image_size(self, original: Size) -> Size:
-        """The transform's resize of an image of ``original`` size (torchvision's arithmetic, exactly)."""
-        if self.crop:
-            return self.crop, self.crop
-        if self.fixed_size is not None:
-            return self.fixed_size[1], self.fixed_size[0]  # torchvision reads fixed_size as (w, h)
-        h, w = original
-        scale = min(self.min_size / min(h, w), self.max_size / max(h, w))
-        return int(h * scale), int(w * scale)
-
-    def batch_size(self, image: Size) -> Size:
-        """The padded batch: each side rounded up to ``size_divisible``."""
-        d = self.size_divisible
-        return math.ceil(image[0] / d) * d, math.ceil(image[1] / d) * d
-
-    def wire_size(self, split_size: Size) -> Size:
-        h, w = split_size
-        for _ in range(self.downsample):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        return h, w
 
 
 # Bounds of the two pure-Python walks over a client's bytes, which run on the event loop.
@@ -101,11 +43,6 @@ FRAME_ID_MAX_FIELDS = 16
 
 def _hw(size: pb.Size) -> Size:
     return int(size.height), int(size.width)
-
-
-def _expect(label: str, got: Size, want: Size, why: str) -> None:
-    if got != want:
-        raise PayloadMismatch(f"{label} {list(got)} does not follow from the model's transform: expected {list(want)} ({why})")
 
 
 def _check_shape(t: pb.Tensor, want: tuple[int, ...]) -> None:
@@ -135,7 +72,6 @@ def check_payload(msg: pb.Payload, limits: ModelLimits) -> None:
     image = limits.image_size(original)
     if min(image) < 1:
         raise PayloadMismatch(f"original_size {list(original)} resizes to {list(image)}: nothing left to run on")
-    _expect("image_size", _hw(msg.image_size), image, f"the resize of original_size {list(original)}")
     t = msg.tensor
     _check_quantization(t)
     if t.codec == "jpeg":
@@ -148,13 +84,11 @@ def _check_offload(msg: pb.Payload, image: Size) -> None:
     t = msg.tensor
     if msg.split_point:
         raise PayloadMismatch(f"a jpeg payload is a whole image; it must not name split point {msg.split_point!r}")
-    if t.dtype != "uint8":
-        raise PayloadMismatch(f"jpeg payload dtype {t.dtype!r}, expected 'uint8'")
-    _expect("batch_size", _hw(msg.batch_size), image, "an offload image is not padded: batch_size = image_size")
     _check_shape(t, (3, *image))
     header = jpeg_size(t.data)
     if header != image:
-        raise PayloadMismatch(f"jpeg header says {header[0]}x{header[1]} px, image_size is {image[0]}x{image[1]}")
+        raise PayloadMismatch(f"jpeg header says {header[0]}x{header[1]} px; the model resizes original_size "
+                              f"{list(_hw(msg.original_size))} to {image[0]}x{image[1]}")
 
 
 def _check_split(msg: pb.Payload, image: Size, limits: ModelLimits) -> None:
@@ -164,14 +98,11 @@ def _check_split(msg: pb.Payload, image: Size, limits: ModelLimits) -> None:
                               f"this model splits at {limits.split_point!r}")
     if t.codec != limits.codec:
         raise PayloadMismatch(f"payload codec {t.codec!r}, this model expects {limits.codec!r}")
-    if t.dtype != "float32":
-        raise PayloadMismatch(f"payload dtype {t.dtype!r}, this model expects 'float32'")
     batch = limits.batch_size(image)
-    _expect("batch_size", _hw(msg.batch_size), batch, f"image_size {list(image)} padded to a multiple of "
-                                                      f"{limits.size_divisible}")
     split_size = _hw(msg.split_size)
     if not (0 < split_size[0] <= batch[0] and 0 < split_size[1] <= batch[1]):
-        raise PayloadMismatch(f"split_size {list(split_size)} is outside 1..batch_size {list(batch)}")
+        raise PayloadMismatch(f"split_size {list(split_size)} is outside 1..{list(batch)}, the padded batch of "
+                              f"original_size {list(_hw(msg.original_size))}")
     _check_shape(t, (1, limits.wire_channels, *limits.wire_size(split_size)))
     if t.codec not in _ITEMSIZE:  # an entropy-coded latent: variable length, bounded before any decoding
         most = EntropyCodec.max_bytes(tuple(t.shape))

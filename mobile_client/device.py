@@ -88,7 +88,7 @@ class TorchDevice(SlowedCompute):
         """The original model on this frame as a chain of stages, yielding between them; returns its outputs.
 
         With the split point's features (before the bottleneck), it starts right after the split point,
-        with the image sizes the payload carries; without, from the image.
+        with the sizes the transform makes of the payload's original size; without, from the image.
         """
         self.resumable()
         stages, adapter = self._stages, self.model.adapter
@@ -96,10 +96,9 @@ class TorchDevice(SlowedCompute):
         with torch.inference_mode():
             if features is not None:
                 k = next(i for i, st in enumerate(stages) if st.name == self.model.at)
-                batch = (int(payload.batch_size.height), int(payload.batch_size.width))
-                sizes = ImageBatch(torch.empty(0, 3, *batch),
-                                   (int(payload.image_size.height), int(payload.image_size.width)),
-                                   (int(payload.original_size.height), int(payload.original_size.width)))
+                original = (int(payload.original_size.height), int(payload.original_size.width))
+                image = self.model.limits.image_size(original)
+                sizes = ImageBatch(torch.empty(0, 3, *self.model.limits.batch_size(image)), image, original)
                 x = features
                 if stages[k].tap is not None:
                     taps[stages[k].tap] = x

@@ -111,8 +111,7 @@ class OnnxDevice(SlowedCompute):
         """Preprocess, the head graph, the codec: what `SplitModel.encode_message` sends for the frame."""
         p, enc = self._payload, self.codec.encode(self.wire(rgb))
         return pb.Payload(model=self.model.name, split_point=p["split_point"], tensor=tensor_message(enc),
-                          original_size=size_message(rgb.shape[:2]), image_size=size_message(p["image_size"]),
-                          batch_size=size_message(p["batch_size"]), split_size=size_message(p["split_size"]))
+                          original_size=size_message(rgb.shape[:2]), split_size=size_message(p["split_size"]))
 
     def offload_payload(self, rgb: np.ndarray) -> pb.Payload:
         """Offload: the model's own resize, then JPEG (what `SplitModel.encode_image` sends)."""
@@ -124,8 +123,7 @@ class OnnxDevice(SlowedCompute):
             raise BundleError("OpenCV failed to encode the frame as JPEG")
         hw = rgb8.shape[:2]
         enc = tensor_message(EncodedTensor("jpeg", "uint8", (3, *hw), buf.tobytes()))
-        return pb.Payload(model=self.model.name, tensor=enc, original_size=size_message(rgb.shape[:2]),
-                          image_size=size_message(hw), batch_size=size_message(hw))
+        return pb.Payload(model=self.model.name, tensor=enc, original_size=size_message(rgb.shape[:2]))
 
     def _sizes(self, original: tuple[int, int]) -> dict[str, np.ndarray]:
         return {"original_size": np.asarray(original, np.int64)} if self._detector else {}

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/splitedge.proto\x12\x0csplitedge.v1\"f\n\x06Tensor\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x12\n\nzero_point\x18\x05 \x01(\x01\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\"%\n\x04Size\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\"\xf6\x01\n\x07Payload\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsplit_point\x18\x02 \x01(\t\x12$\n\x06tensor\x18\x03 \x01(\x0b\x32\x14.splitedge.v1.Tensor\x12)\n\roriginal_size\x18\x04 \x01(\x0b\x32\x12.splitedge.v1.Size\x12&\n\nimage_size\x18\x05 \x01(\x0b\x32\x12.splitedge.v1.Size\x12&\n\nbatch_size\x18\x06 \x01(\x0b\x32\x12.splitedge.v1.Size\x12&\n\nsplit_size\x18\x07 \x01(\x0b\x32\x12.splitedge.v1.Size\"P\n\x05\x46rame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12&\n\x07payload\x18\x02 \x01(\x0b\x32\x15.splitedge.v1.Payload\x12\r\n\x05probe\x18\x03 \x01(\x0c\"Y\n\tDetection\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\x12\r\n\x05label\x18\x05 \x01(\x05\x12\r\n\x05score\x18\x06 \x01(\x02\"\x89\x01\n\x06Result\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12+\n\ndetections\x18\x04 \x03(\x0b\x32\x17.splitedge.v1.Detection\x12\x11\n\tserver_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\x9a\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0bsplit_point\x18\x04 \x01(\t\x12\r\n\x05\x63odec\x18\x05 \x01(\t\x12\x1b\n\x13\x62ottleneck_channels\x18\x06 \x01(\x05\x12\x0f\n\x07weights\x18\x07 \x01(\t\x12:\n\nlatency_ms\x18\x08 \x03(\x0b\x32&.splitedge.v1.ModelInfo.LatencyMsEntry\x12\x19\n\x11\x62ottleneck_digest\x18\t \x01(\t\x1a\x30\n\x0eLatencyMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"g\n\x10\x44\x65scribeResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.splitedge.v1.ModelInfo\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\t2\x8e\x01\n\tSplitEdge\x12\x36\n\x05Infer\x12\x13.splitedge.v1.Frame\x1a\x14.splitedge.v1.Result(\x01\x30\x01\x12I\n\x08\x44\x65scribe\x12\x1d.splitedge.v1.DescribeRequest\x1a\x1e.splitedge.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/splitedge.proto\x12\x0csplitedge.v1\"d\n\x06Tensor\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\r\n\x05scale\x18\x04 \x01(\x01\x12\x12\n\nzero_point\x18\x05 \x01(\x01\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0cJ\x04\x08\x02\x10\x03R\x05\x64type\"%\n\x04Size\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\"\xca\x01\n\x07Payload\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bsplit_point\x18\x02 \x01(\t\x12$\n\x06tensor\x18\x03 \x01(\x0b\x32\x14.splitedge.v1.Tensor\x12)\n\roriginal_size\x18\x04 \x01(\x0b\x32\x12.splitedge.v1.Size\x12&\n\nsplit_size\x18\x07 \x01(\x0b\x32\x12.splitedge.v1.SizeJ\x04\x08\x05\x10\x06J\x04\x08\x06\x10\x07R\nimage_sizeR\nbatch_size\"P\n\x05\x46rame\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12&\n\x07payload\x18\x02 \x01(\x0b\x32\x15.splitedge.v1.Payload\x12\r\n\x05probe\x18\x03 \x01(\x0c\"Y\n\tDetection\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\x12\r\n\x05label\x18\x05 \x01(\x05\x12\r\n\x05score\x18\x06 \x01(\x02\"\x89\x01\n\x06Result\x12\x10\n\x08\x66rame_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12+\n\ndetections\x18\x04 \x03(\x0b\x32\x17.splitedge.v1.Detection\x12\x11\n\tserver_ms\x18\x05 \x01(\x01\x12\x10\n\x08queue_ms\x18\x06 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\x9a\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0bsplit_point\x18\x04 \x01(\t\x12\r\n\x05\x63odec\x18\x05 \x01(\t\x12\x1b\n\x13\x62ottleneck_channels\x18\x06 \x01(\x05\x12\x0f\n\x07weights\x18\x07 \x01(\t\x12:\n\nlatency_ms\x18\x08 \x03(\x0b\x32&.splitedge.v1.ModelInfo.LatencyMsEntry\x12\x19\n\x11\x62ottleneck_digest\x18\t \x01(\t\x1a\x30\n\x0eLatencyMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"g\n\x10\x44\x65scribeResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.splitedge.v1.ModelInfo\x12\x19\n\x11max_message_bytes\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\t2\x8e\x01\n\tSplitEdge\x12\x36\n\x05Infer\x12\x13.splitedge.v1.Frame\x1a\x14.splitedge.v1.Result(\x01\x30\x01\x12I\n\x08\x44\x65scribe\x12\x1d.splitedge.v1.DescribeRequest\x1a\x1e.splitedge.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_LATENCYMSENTRY']._loaded_options = None
   _globals['_MODELINFO_LATENCYMSENTRY']._serialized_options = b'8\001'
   _globals['_TENSOR']._serialized_start=40
-  _globals['_TENSOR']._serialized_end=142
-  _globals['_SIZE']._serialized_start=144
-  _globals['_SIZE']._serialized_end=181
-  _globals['_PAYLOAD']._serialized_start=184
-  _globals['_PAYLOAD']._serialized_end=430
-  _globals['_FRAME']._serialized_start=432
-  _globals['_FRAME']._serialized_end=512
-  _globals['_DETECTION']._serialized_start=514
-  _globals['_DETECTION']._serialized_end=603
-  _globals['_RESULT']._serialized_start=606
-  _globals['_RESULT']._serialized_end=743
-  _globals['_DESCRIBEREQUEST']._serialized_start=745
-  _globals['_DESCRIBEREQUEST']._serialized_end=762
-  _globals['_MODELINFO']._serialized_start=765
-  _globals['_MODELINFO']._serialized_end=1047
-  _globals['_MODELINFO_LATENCYMSENTRY']._serialized_start=999
-  _globals['_MODELINFO_LATENCYMSENTRY']._serialized_end=1047
-  _globals['_DESCRIBERESPONSE']._serialized_start=1049
-  _globals['_DESCRIBERESPONSE']._serialized_end=1152
-  _globals['_SPLITEDGE']._serialized_start=1155
-  _globals['_SPLITEDGE']._serialized_end=1297
+  _globals['_TENSOR']._serialized_end=140
+  _globals['_SIZE']._serialized_start=142
+  _globals['_SIZE']._serialized_end=179
+  _globals['_PAYLOAD']._serialized_start=182
+  _globals['_PAYLOAD']._serialized_end=384
+  _globals['_FRAME']._serialized_start=386
+  _globals['_FRAME']._serialized_end=466
+  _globals['_DETECTION']._serialized_start=468
+  _globals['_DETECTION']._serialized_end=557
+  _globals['_RESULT']._serialized_start=560
+  _globals['_RESULT']._serialized_end=697
+  _globals['_DESCRIBEREQUEST']._serialized_start=699
+  _globals['_DESCRIBEREQUEST']._serialized_end=716
+  _globals['_MODELINFO']._serialized_start=719
+  _globals['_MODELINFO']._serialized_end=1001
+  _globals['_MODELINFO_LATENCYMSENTRY']._serialized_start=953
+  _globals['_MODELINFO_LATENCYMSENTRY']._serialized_end=1001
+  _globals['_DESCRIBERESPONSE']._serialized_start=1003
+  _globals['_DESCRIBERESPONSE']._serialized_end=1106
+  _globals['_SPLITEDGE']._serialized_start=1109
+  _globals['_SPLITEDGE']._serialized_end=1251
 # @@protoc_insertion_point(module_scope)

@@ -7,20 +7,18 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tensor(_message.Message):
-    __slots__ = ("codec", "dtype", "shape", "scale", "zero_point", "data")
+    __slots__ = ("codec", "shape", "scale", "zero_point", "data")
     CODEC_FIELD_NUMBER: _ClassVar[int]
-    DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     ZERO_POINT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     codec: str
-    dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     scale: float
     zero_point: float
     data: bytes
-    def __init__(self, codec: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., zero_point: _Optional[float] = ..., data: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, codec: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., scale: _Optional[float] = ..., zero_point: _Optional[float] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Size(_message.Message):
     __slots__ = ("height", "width")
@@ -31,22 +29,18 @@ class Size(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("model", "split_point", "tensor", "original_size", "image_size", "batch_size", "split_size")
+    __slots__ = ("model", "split_point", "tensor", "original_size", "split_size")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINT_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_SIZE_FIELD_NUMBER: _ClassVar[int]
-    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     SPLIT_SIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
     split_point: str
     tensor: Tensor
     original_size: Size
-    image_size: Size
-    batch_size: Size
     split_size: Size
-    def __init__(self, model: _Optional[str] = ..., split_point: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., original_size: _Optional[_Union[Size, _Mapping]] = ..., image_size: _Optional[_Union[Size, _Mapping]] = ..., batch_size: _Optional[_Union[Size, _Mapping]] = ..., split_size: _Optional[_Union[Size, _Mapping]] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., split_point: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., original_size: _Optional[_Union[Size, _Mapping]] = ..., split_size: _Optional[_Union[Size, _Mapping]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("frame_id", "payload", "probe")

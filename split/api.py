@@ -15,6 +15,7 @@ table, since `encode` must return the bytes the edge will read. Tensor byte layo
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import sys
@@ -32,6 +33,7 @@ from bottlenecks import Bottleneck, CodecError, EncodedTensor, JpegCodec, Tensor
 from protos import splitedge_pb2 as pb
 from split.messages import from_message, size_message, tensor_message
 from split.adapters import Outputs, Size, Stage, adapter_for
+from split.limits import ModelLimits
 
 __all__ = ["Head", "PayloadMismatch", "SplitModel", "Tail", "split"]
 
@@ -130,7 +132,8 @@ def _hw(size: pb.Size) -> Size:
 @dataclass
 class _Decoded:
     """One payload, checked against the model and decoded: the wire tensor (or offload image)
-    and the sizes that travel with it. Frames with equal `key`s stack into one batch."""
+    and the frame's sizes (sent, or derived from its original size). Frames with equal `key`s stack
+    into one batch."""
 
     tensor: Tensor  # [1, C, h, w] for the tail; [3, H, W] for the full model
     jpeg: bool
@@ -145,7 +148,8 @@ class _Decoded:
 
 
 class SplitModel:
-    """A model cut at `at`: `.head` and `.tail` are plain modules; payloads carry the sizes."""
+    """A model cut at `at`: `.head` and `.tail` are plain modules; a payload carries the frame's
+    original size and the split size, and the sizes between follow from the transform (`limits`)."""
 
     def __init__(self, model: nn.Module, at: str, bottleneck: Bottleneck | int | None = None,
                  codec: TensorCodec | str = "float32", name: str = "", own_head: bool = False,
@@ -179,6 +183,11 @@ class SplitModel:
         # Split size per padded batch size, measured; per model (it dies with it) and bounded.
         self._split_sizes: OrderedDict[Size, Size] = OrderedDict()
         self._split_sizes_lock = threading.Lock()  # the edge decodes on several worker threads
+
+    @functools.cached_property
+    def limits(self) -> ModelLimits:
+        """The sizes this model's transform makes of a frame (`split.limits`), made once on first use."""
+        return ModelLimits.of(self)
 
     def _bottleneck(self, bottleneck: Bottleneck | int | None) -> Bottleneck | None:
         if isinstance(bottleneck, int):
@@ -225,16 +234,14 @@ class SplitModel:
         if z.numel() == 0:  # the prefilter dropped the frame
             return None
         return pb.Payload(model=self.name, split_point=self.at, tensor=tensor_message(self.codec.encode(z)),
-                          original_size=size_message(sizes.original_size), image_size=size_message(sizes.image_size),
-                          batch_size=size_message(sizes.batch_size), split_size=size_message(split_size))
+                          original_size=size_message(sizes.original_size), split_size=size_message(split_size))
 
     @torch.inference_mode()
     def encode_image(self, image: Tensor, quality: int = 90) -> pb.Payload:
         """Offload: the model's own resize, then JPEG; the edge runs the whole model."""
         resized = self.adapter.resize(image)
         enc = JpegCodec(quality).encode(resized)
-        return pb.Payload(model=self.name, tensor=tensor_message(enc), original_size=size_message(image.shape[-2:]),
-                          image_size=size_message(resized.shape[-2:]), batch_size=size_message(resized.shape[-2:]))
+        return pb.Payload(model=self.name, tensor=tensor_message(enc), original_size=size_message(image.shape[-2:]))
 
     @torch.inference_mode()
     def full(self, image: Tensor) -> Outputs:
@@ -280,14 +287,15 @@ class SplitModel:
                 out[i] = o
         return out  # type: ignore[return-value]  (every index is in one group)
 
-    @staticmethod
-    def batch_key(msg: pb.Payload) -> Hashable:
+    def batch_key(self, msg: pb.Payload) -> Hashable:
         """What a payload's frame must share with others to be batched with them, read from its
         (validated) fields before decoding: the scheduler groups by it, `decode_batch` by the same."""
         t = msg.tensor
-        jpeg = t.codec == "jpeg"
-        shape = (3, *_hw(msg.image_size)) if jpeg else tuple(int(d) for d in t.shape)
-        return jpeg, shape, (0, 0) if jpeg else _hw(msg.split_size), _hw(msg.batch_size)
+        shape = tuple(int(d) for d in t.shape)
+        if t.codec == "jpeg":  # an offload image is not padded: its batch size is its (resized) size
+            return True, shape, (0, 0), shape[-2:]
+        batch = self.limits.batch_size(self.limits.image_size(_hw(msg.original_size)))
+        return False, shape, _hw(msg.split_size), batch
 
     def _run_group(self, group: list[_Decoded]) -> list[Outputs]:
         first = group[0]
@@ -301,28 +309,30 @@ class SplitModel:
         """The payload checked against this model (PayloadMismatch naming the field) and decoded."""
         if msg.model and self.name and msg.model != self.name:
             raise PayloadMismatch(f"payload is for model {msg.model!r}, this is {self.name!r}")
-        original, image_size, batch = _hw(msg.original_size), _hw(msg.image_size), _hw(msg.batch_size)
-        for label, hw in (("original_size", original), ("image_size", image_size), ("batch_size", batch)):
-            if not (0 < hw[0] <= MAX_SIDE and 0 < hw[1] <= MAX_SIDE):
-                raise PayloadMismatch(f"{label} {list(hw)} is outside 1..{MAX_SIDE}")
+        original = _hw(msg.original_size)
+        if not (0 < original[0] <= MAX_SIDE and 0 < original[1] <= MAX_SIDE):
+            raise PayloadMismatch(f"original_size {list(original)} is outside 1..{MAX_SIDE}")
+        image_size = self.limits.image_size(original)  # not sent: the transform's, from original_size
+        if min(image_size) < 1:
+            raise PayloadMismatch(f"original_size {list(original)} resizes to {list(image_size)}: nothing left to run on")
         enc = from_message(msg.tensor)
         if enc.codec == "jpeg":
             if msg.split_point:
                 raise PayloadMismatch(f"a jpeg payload is a whole image; it must not name split point {msg.split_point!r}")
             image = self._decode_tensor(self._jpeg, enc)
-            return _Decoded(image, True, (0, 0), batch, image_size, original)
+            if tuple(image.shape[-2:]) != image_size:
+                raise PayloadMismatch(f"jpeg image is {image.shape[-2]}x{image.shape[-1]} px; the model resizes "
+                                      f"original_size {list(original)} to {image_size[0]}x{image_size[1]}")
+            return _Decoded(image, True, (0, 0), image_size, image_size, original)
         if msg.split_point != self.at:
             raise PayloadMismatch(f"payload was cut at {msg.split_point or '(none)'!r}, this model splits at {self.at!r}")
         if enc.codec != self.codec.name:
             raise PayloadMismatch(f"payload codec {enc.codec!r}, this model expects {self.codec.name!r}")
-        if enc.dtype != "float32":
-            raise PayloadMismatch(f"payload dtype {enc.dtype!r}, this model expects 'float32'")
-        if batch[0] < image_size[0] or batch[1] < image_size[1]:
-            raise PayloadMismatch(f"batch_size {list(batch)} is smaller than image_size {list(image_size)}")
+        batch = self.limits.batch_size(image_size)
         split_size = self._expected_split_size(batch)
         if _hw(msg.split_size) != split_size:
-            raise PayloadMismatch(f"split_size {list(_hw(msg.split_size))} does not match batch {list(batch)}: "
-                                  f"expected {list(split_size)}")
+            raise PayloadMismatch(f"split_size {list(_hw(msg.split_size))} does not match original_size "
+                                  f"{list(original)} (padded batch {list(batch)}): expected {list(split_size)}")
         expected = (1, self.wire_channels, *self._wire_size(split_size))
         if tuple(enc.shape) != expected:
             raise PayloadMismatch(f"tensor shape {list(enc.shape)}, model {self.name or self.at!r} expects {list(expected)}")

@@ -40,7 +40,7 @@ def sha256(path: Path) -> str:
 
 # What a runtime reads of a manifest: refused by name when missing, not met later as a bare KeyError.
 _REQUIRED = ("model", "family", "input.shape", "input.resize.rule", "input.normalization.rule", "split.point",
-             "payload.split_point", "payload.image_size", "payload.batch_size", "payload.split_size", "codec.name",
+             "payload.split_point", "payload.split_size", "codec.name",
              "outputs", "files")
 
 

@@ -2,7 +2,7 @@
 
 `export_head(model, image)` gives the device half: the preprocessed frame [1, 3, H, W] in, the
 wire tensor and the split size out. `export_tail(model, image)` gives the edge half: the wire
-tensor and the sizes a payload carries in (`Tail.forward`'s arguments), the outputs dict out.
+tensor and the sizes of the frame in (`Tail.forward`'s arguments), the outputs dict out.
 Preprocessing (the model's own resize and normalization) stays outside both, as in `encode`.
 
 Why per size: the sizes are Python ints that shape the anchors, the clipping and the map back
@@ -58,11 +58,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import poolers
 
-from bottlenecks import EncodedTensor, EntropyCodec, Float16Codec, Float32Codec, Uint8Codec
+from bottlenecks import EntropyCodec, Float16Codec, Float32Codec, Uint8Codec
 from protos import splitedge_pb2 as pb
 from split.adapters import ImageBatch, Outputs, Size
 from split.api import SplitModel
 from split.labels import label_names
+from split.messages import from_message, tensor_message
 from split.bundle import BUNDLE_FORMAT, MANIFEST, BundleError, load_manifest, sha256
 from split.models.ssdlite_tf import TFTransform
 
@@ -86,7 +87,7 @@ def export_tail(model: SplitModel, image: Tensor) -> ExportedProgram:
 
 def tail_inputs(model: SplitModel, image: Tensor) -> tuple[Tensor, Size, Size, Size, Size]:
     """`Tail.forward`'s arguments for one frame: the wire tensor before the codec, then the split,
-    padded batch, resized and original sizes, as a payload carries them."""
+    padded batch, resized and original sizes, as the edge derives them from a payload."""
     with torch.no_grad():
         batch = model.adapter.preprocess(image)
         z, split_size = model.head(batch.tensor)
@@ -262,10 +263,10 @@ def verify_onnx(model: SplitModel, directory: str | os.PathLike[str], images: li
         expected = model.decode_message(msg)
         onnx_msg, enc = pb.Payload(), model.codec.encode(torch.from_numpy(wire))
         onnx_msg.CopyFrom(msg)
-        onnx_msg.tensor.data, onnx_msg.tensor.scale, onnx_msg.tensor.zero_point = enc.data, enc.scale, enc.zero_point
+        onnx_msg.tensor.CopyFrom(tensor_message(enc))
         compare("edge", model.decode_message(onnx_msg), expected)
         t = msg.tensor
-        decoded = model.codec.decode(EncodedTensor(t.codec, t.dtype, tuple(t.shape), t.data, t.scale, t.zero_point)).numpy()
+        decoded = model.codec.decode(from_message(t)).numpy()
         compare("tail", dict(zip(manifest["outputs"], run["tail"].run(None, {"wire": decoded, **sizes}))), expected)
         full = run["full"].run(None, {"image": batch.tensor.numpy(), **sizes})
         compare("full", dict(zip(manifest["outputs"], full)), model.full(image))
@@ -394,7 +395,9 @@ def _manifest(model: SplitModel, batch: ImageBatch, split_size: Size, z: Tensor,
         "split": {"point": model.at, "size": list(split_size), "wire_shape": list(z.shape), "wire_dtype": "float32",
                   "bottleneck_digest": model.bottleneck_digest(),
                   "prefilter": "not exported: the head sends every frame" if model.prefilter is not None else None},
-        # What the device puts in a Payload beside the coded tensor (protos/splitedge.proto).
+        # What the device puts in a Payload beside the coded tensor (protos/splitedge.proto): model, split_point,
+        # split_size and the frame's original_size. image_size and batch_size record the sizes the graphs were
+        # exported for; protocol 3 does not send them (the edge computes them from original_size).
         "payload": {"model": model.name, "split_point": model.at, "image_size": list(batch.image_size),
                     "batch_size": list(batch.batch_size), "split_size": list(split_size),
                     "original_size": "the frame as captured, [h, w]"},
@@ -439,7 +442,7 @@ def _codec_spec(model: SplitModel) -> dict[str, Any]:
                 "encode": "float32: lo, hi = min(z), max(z); scale = (hi - lo) / levels if hi > lo else 1; "
                           "zero_point = -lo / scale; q = uint8(clip(round_half_even(z / scale + zero_point), 0, levels))",
                 "decode": "z = (q - zero_point) * scale", "bytes": "q, C order",
-                "payload": "Tensor{codec, dtype 'float32', shape, scale, zero_point, data}"}
+                "payload": "Tensor{codec, shape, scale, zero_point, data}"}
     if isinstance(codec, EntropyCodec):
         return _entropy_spec(codec)
     if isinstance(codec, (Float32Codec, Float16Codec)):

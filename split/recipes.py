@@ -121,12 +121,15 @@ RECIPES: tuple[Recipe, ...] = (
            "FCOS ResNet-50 FPN at 480 px; bottleneck after layer1, 3 ch, 8-bit", _R50),
     Recipe("ssd300_vgg16", "ssd300_vgg16", "backbone.features.9", 3, "uint8",
            "SSD300 VGG-16; split after pool2 (stride 4, 128 ch), bottleneck 3 ch, 8-bit"),
+    # With the ImageNet weights: the 128-ch block code of features.6, entropy-coded under a learned prior
+    # (chosen by the rule of docs/entropic.md, §3); without them random-init, 8-bit, and says so.
     Recipe("mobilenet_v2", "mobilenet_v2", "features.6", 3, "uint8",
            "MobileNetV2 ImageNet classifier; split at features[6] (32x28x28), bottleneck 3 ch, 8-bit "
-           "(with the ImageNet weights: the distilled 128-ch block bottleneck)",
-           split_checkpoint="checkpoints/mobilenet_v2_block_c128.pt", weights="IMAGENET1K_V1",
+           "(with the ImageNet weights: the distilled 128-ch block bottleneck, entropy-coded (learned prior))",
+           split_checkpoint="checkpoints/mobilenet_v2_esb_l01_s16p.pt", weights="IMAGENET1K_V1",
            alternatives=tuple(f"checkpoints/mobilenet_v2_{s}.pt" for s in (
-               "block_c128", "block_c64", "block_c96", "gdn_c8"))),
+               "esb_l01_s16p", "esb_l01_s8p", "esb_l01_s4p", "esb_l01_s8", "esb_l01_s4", "esb_l1", "esb_l03",
+               "esb_l01", "esb_l003", "esb_l001", "block_c128", "block_c64", "block_c96", "gdn_c8"))),
     Recipe("mobilenet_v3_large", "mobilenet_v3_large", "features.6", 3, "uint8",
            "MobileNetV3-L ImageNet classifier; split at stride 8 (40 ch), bottleneck 3 ch, 8-bit"),
     Recipe("resnet50", "resnet50", "layer1", 3, "uint8",

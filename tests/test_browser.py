@@ -57,8 +57,8 @@ import { encodeFrame, decodeResult } from "SRC/wire.js";
 import { readFileSync } from "node:fs";
 const result = decodeResult(new Uint8Array(readFileSync(0)));
 const frame = encodeFrame({ frameId: 2 ** 40 + 7, payload: {
-  model: "m", splitPoint: "backbone.features.6", originalSize: [480, 640], imageSize: [300, 300], batchSize: [300, 300],
-  splitSize: [38, 38], tensor: { codec: "uint8", dtype: "float32", shape: [1, 6, 8, 16], scale: 0.0123,
+  model: "m", splitPoint: "backbone.features.6", originalSize: [480, 640],
+  splitSize: [38, 38], tensor: { codec: "uint8", shape: [1, 6, 8, 16], scale: 0.0123,
   zeroPoint: 17.5, data: Uint8Array.from({ length: 768 }, (_, i) => i % 256) } } });
 process.stdout.write(JSON.stringify({ result, frame: Buffer.from(frame).toString("base64") }));
 """, pb.Result(frame_id=2**40 + 3, code=3, error="frame 3: café", server_ms=12.5, queue_ms=0.25, detections=[
@@ -70,7 +70,8 @@ process.stdout.write(JSON.stringify({ result, frame: Buffer.from(frame).toString
     p = frame.payload
     assert frame.frame_id == 2**40 + 7 and p.model == "m" and p.split_point == "backbone.features.6"
     assert (p.original_size.height, p.original_size.width, p.split_size.width) == (480, 640, 38)
-    assert (p.tensor.codec, p.tensor.dtype, list(p.tensor.shape)) == ("uint8", "float32", [1, 6, 8, 16])
+    assert (p.tensor.codec, list(p.tensor.shape)) == ("uint8", [1, 6, 8, 16])
+    assert pb.Frame(frame_id=frame.frame_id, payload=p).SerializeToString() == base64.b64decode(got["frame"])  # no other field
     assert (p.tensor.scale, p.tensor.zero_point, p.tensor.data) == (0.0123, 17.5, data)
     r = got["result"]
     assert (r["frameId"], r["code"], r["error"], r["serverMs"], r["queueMs"]) == (2**40 + 3, 3, "frame 3: café", 12.5, 0.25)

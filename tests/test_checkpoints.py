@@ -83,7 +83,7 @@ def test_a_recipe_builds_its_shipped_network_and_split_by_name(tmp_path, monkeyp
 
 def test_a_recipe_builds_its_default_weights_when_cached_and_says_so(tmp_path, monkeypatch):
     """`Recipe.weights`: by name, mobilenet_v2 is the ImageNet network (when `make weights` put it in
-    the hub cache) under its shipped 128-channel split; without the file the line says why it is
+    the hub cache) under its shipped 128-channel split (entropy-coded); without the file the line says why it is
     random init; asked for weights explicitly, it builds exactly those."""
     import os
 
@@ -97,8 +97,8 @@ def test_a_recipe_builds_its_default_weights_when_cached_and_says_so(tmp_path, m
     cached.parent.mkdir(parents=True)
     torch.save(net.state_dict(), cached)
     sm, source = build("mobilenet_v2")
-    assert "mobilenet_v2_block_c128.pt (head, bottleneck) over torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in source
-    assert sm.bottleneck.spec()["channels"] == 128
+    assert "mobilenet_v2_esb_l01_s16p.pt (head, bottleneck) over torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in source
+    assert sm.bottleneck.spec()["channels"] == 128 and sm.codec.name == "entropy"
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in sm.model.state_dict().items())
     plain, source = build("mobilenet_v2", weights="IMAGENET1K_V1")
     assert source == "torchvision MobileNet_V2_Weights.IMAGENET1K_V1" and plain.bottleneck.spec()["channels"] == 3

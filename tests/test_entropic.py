@@ -140,6 +140,10 @@ def test_rate_distortion_training_two_stages_resume_and_build(tmp_path):
 def test_rate_distortion_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="freeze_through must be null"):
         load_config(_rd_config(tmp_path, freeze_through="features.3"))
+    with pytest.raises(ConfigError, match=r"train\.prior_lr must be > 0"):
+        load_config(_rd_config(tmp_path, freeze_through=None, prior_lr=0))
+    with pytest.raises(ConfigError, match=r"train\.init_step must be > 0, got 0"):
+        load_config(_rd_config(tmp_path, freeze_through=None, init_step=0))
     with pytest.raises(ConfigError, match=r"train\.lmbda and train\.stage2_epochs apply to bottleneck\.kind entropic"):
         load_config(write_config(tmp_path, train={"lmbda": 1.0}))
 
@@ -157,21 +161,62 @@ def test_init_from_starts_another_lambda_from_a_finished_run(tmp_path):
         train(wrong, progress=False, log=lambda s: None)
 
 
-def test_a_learned_prior_on_an_8bit_bottleneck_starts_from_its_checkpoint(tmp_path):
-    conv = load_config(write_config(tmp_path, split_point="features.6",
-                                    bottleneck={"channels": 2, "hidden": 8, "downsample": 0, "kind": "conv"},
-                                    train={"epochs": 1}))
-    train(conv, progress=False, log=lambda s: None)
+def _prior_on_8bit(tmp_path, kind: str, channels: int, downsample: int, **train_over):
+    """An 8-bit `kind` bottleneck trained for an epoch, then a learned prior on its latent started from
+    it: (the prior's config, its bottleneck spec, the training log)."""
+    eight = load_config(write_config(tmp_path, split_point="features.6", train={"epochs": 1}, bottleneck={
+        "channels": channels, "hidden": 8, "downsample": downsample, "kind": kind}))
+    train(eight, progress=False, log=lambda s: None)
     other = tmp_path / "prior"
     other.mkdir()
-    cfg = load_config(write_config(
-        other, split_point="features.6",
-        bottleneck={"channels": 2, "hidden": 8, "downsample": 0, "kind": "entropic", "encoder_from": "split"},
-        train={"epochs": 1, "stage2_epochs": 1, "lmbda": 1.0, "init_from": conv.output}))
+    spec = {"channels": channels, "hidden": 8, "downsample": downsample, "kind": "entropic", "encoder_from": "split",
+            "split_kind": kind}
+    cfg = load_config(write_config(other, split_point="features.6", bottleneck=spec, train={
+        "epochs": 1, "stage2_epochs": 1, "lmbda": 1.0, "init_from": eight.output, **train_over}))
     logs: list[str] = []
     train(cfg, progress=False, log=logs.append)
+    return cfg, spec, logs
+
+
+def test_a_learned_prior_on_an_8bit_bottleneck_starts_from_its_checkpoint(tmp_path):
+    cfg, _, logs = _prior_on_8bit(tmp_path, "conv", 2, 0)
     assert any("latent scaled by" in line for line in logs)
     sm, _ = build("mobilenet_v2", checkpoint=cfg.output)
     assert sm.codec.name == "entropy" and len(sm.head.chain.names) == 7  # features.0-6 stay on the device
     image = torch.rand(3, 70, 90)
     assert sm.decode(sm.encode([image])[0])["logits"].shape[-1] == 1000
+
+
+def test_a_learned_prior_on_an_8bit_block_code_starts_from_its_checkpoint(tmp_path):
+    """The classifier's shipped 8-bit kind: a block code at 1/4 of features.6's size; the prior codes
+    its 7 x 7 latent, the decoder's padded blocks are cropped back to the split point's size."""
+    cfg, spec, logs = _prior_on_8bit(tmp_path, "block", 8, 2, init_step=2, prior_lr=0.05)
+    assert any("(8-bit block); latent scaled by" in line and "(2 x its median 8-bit step" in line for line in logs)
+    sm, _ = build("mobilenet_v2", checkpoint=cfg.output)
+    assert sm.codec.name == "entropy" and len(sm.head.chain.names) == 7
+    payload = sm.encode_message(torch.rand(3, 70, 90))
+    assert list(payload.tensor.shape) == [1, 8, 7, 7]
+    check_payload(payload, ModelLimits.of(sm))
+    assert sm.decode_message(payload)["logits"].shape[-1] == 1000
+    torch.manual_seed(0)
+    st = EntropicStudent(32, 8, 8, encoder_from="split", split_kind="block", downsample=2).eval()
+    out, _ = st(torch.rand(1, 32, 30, 30))  # 30 is not whole blocks: 8 x 8 latent, cropped back
+    assert out.shape == (1, 32, 30, 30)
+    assert bottleneck_from_spec(32, st.spec()).spec() == st.spec()
+    with pytest.raises(ValueError, match="split_kind must be one of"):
+        EntropicStudent(32, 8, 8, split_kind="block", downsample=2)  # encoder_from image has no 8-bit kind
+    with pytest.raises(ConfigError, match=r"downsample 0 \(> 0 only with encoder_from split\)"):
+        load_config(write_config(tmp_path / "w", split_point="features.6", bottleneck={
+            **spec, "split_kind": "conv", "encoder_from": "image"}, train={"lmbda": 1.0, "freeze_through": None}))
+
+
+def test_the_priors_densities_learn_at_their_own_rate(tmp_path):
+    """train.prior_lr: the prior's densities (not its quantiles, not the network) get it, on the schedule."""
+    from split.train.rate_distortion import RateDistortionDistiller
+
+    cfg = load_config(_rd_config(tmp_path, freeze_through=None, lr=0.01, prior_lr=0.5, milestones=[1], gamma=0.1))
+    d = RateDistortionDistiller(cfg, progress=False, log=lambda s: None)
+    d.begin_epoch(1)
+    prior_ids = {id(p) for n, p in d.bottleneck.named_parameters() if n.startswith("entropy.") and "quantiles" not in n}
+    lrs = {g.get("prior", False): (g["lr"], {id(p) for p in g["params"]}) for g in d.optimizer.param_groups}
+    assert lrs[True][1] == prior_ids and lrs[True][0] == pytest.approx(0.05) and lrs[False][0] == pytest.approx(0.001)

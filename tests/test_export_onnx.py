@@ -34,14 +34,17 @@ from protos import splitedge_pb2 as pb  # noqa: E402
 from split.api import SplitModel  # noqa: E402
 from split.dispatch import main as splitedge  # noqa: E402
 from split.export import BundleError, export_onnx, load_manifest  # noqa: E402
+from split.messages import from_message, tensor_message  # noqa: E402
 from split.models.convert_tf import cached_checkpoint  # noqa: E402
 from split.recipes import build, default_recipe  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-EIGHT_BIT = Path(__file__).resolve().parents[1] / "checkpoints" / "ssdlite_person_f6_c6.pt"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+EIGHT_BIT = CHECKPOINTS / "ssdlite_person_f6_c6.pt"
 PEOPLE = SAMPLES / "people" / "000000000389.jpg"
 OFF_BY_ONE_SHARE = 1e-3  # at most 0.1 % of the 8-bit codes one step off; measured <= 0.003 %
-BOX_ATOL = 1e-2  # pixels of the original frame; measured <= 1.1e-3 (one code off), <= 2.2e-4 (same codes)
+BOX_ATOL = 5e-2  # pixels of the original frame; measured <= 2.2e-4 with the same codes, and with two of 25,992 codes
+# one step off 1.1e-3 on one machine, 1.3e-2 on another (issue 16's session: the same at the commit before it)
 MIN_SCORE = 0.05  # detections compared: those above it (below, near-equal scores may swap places)
 
 needs_person = pytest.mark.skipif(cached_checkpoint() is None,
@@ -75,7 +78,7 @@ def _uint8_like_manifest(z: np.ndarray, levels: int = 255) -> tuple[bytes, float
 def _with_tensor(msg: pb.Payload, enc: EncodedTensor) -> pb.Payload:
     other = pb.Payload()
     other.CopyFrom(msg)
-    other.tensor.data, other.tensor.scale, other.tensor.zero_point = enc.data, enc.scale, enc.zero_point
+    other.tensor.CopyFrom(tensor_message(enc))
     return other
 
 
@@ -142,7 +145,8 @@ def test_person_bundle_payload_and_detections_equal_pytorchs(person):
 
 
 def test_classifier_bundle_codes_and_logits_equal_pytorchs(tmp_path):
-    model, source = build("mobilenet_v2")
+    # The 8-bit block split (the default is entropy-coded: test_a_block_latents_bundle_writes_the_edges_bytes).
+    model, source = build("mobilenet_v2", checkpoint=CHECKPOINTS / "mobilenet_v2_block_c128.pt")
     manifest = export_onnx(model, tmp_path, source=source)
     assert manifest == load_manifest(tmp_path) and manifest["outputs"] == ["labels", "scores", "logits"]
     run = _sessions(tmp_path)
@@ -234,3 +238,27 @@ def test_load_manifest_names_a_changed_or_missing_file(person, tmp_path):
         load_manifest(copy)
     with pytest.raises(BundleError, match="no manifest.json"):
         load_manifest(tmp_path)
+
+
+def test_a_block_latents_bundle_writes_the_edges_bytes(tmp_path):
+    """The classifier's entropy-coded block code (a prior on the 8-bit block latent, 1/4 of features.6's
+    size): the ONNX head's latent, coded by the lean device's codec from the manifest alone, is the
+    torch payload's bytes."""
+    from split.bundle import BundleCodec
+
+    sm, _ = build("mobilenet_v2")
+    torch.manual_seed(0)
+    student = EntropicStudent(32, channels=16, hidden=8, encoder_from="split", split_kind="block", downsample=2).eval()
+    with torch.no_grad():  # spread the random-init latents over several bins
+        student.encoder[-1].weight.mul_(20)
+    student.prepare()
+    model = SplitModel(sm.model, "features.6", student, name=sm.name)
+    manifest = export_onnx(model, tmp_path)
+    run = _sessions(tmp_path)
+    image = _image(SAMPLES / "coco" / "000000000030.jpg")
+    y = run["head"].run(None, {"image": model.adapter.preprocess(image).tensor.numpy()})[0]
+    msg = model.encode_message(image)
+    assert list(y.shape) == list(msg.tensor.shape) == [1, 16, 7, 7]
+    assert BundleCodec(manifest["codec"]).encode(y).data == msg.tensor.data
+    labels, _, logits = run["tail"].run(None, {"wire": model.codec.decode(from_message(msg.tensor)).numpy()})
+    _assert_same_top_k(labels, logits, model.decode_message(msg))

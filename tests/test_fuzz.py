@@ -122,8 +122,8 @@ def mutated_payloads(draw, seeds):
     msg = pb.Payload()
     msg.CopyFrom(seeds[draw(st.integers(0, 1))])
     for _ in range(draw(st.integers(1, 4))):
-        field = draw(st.sampled_from(["original_size", "image_size", "batch_size", "split_size", "shape", "data",
-                                      "codec", "dtype", "scale", "zero_point", "model", "split_point", "header"]))
+        field = draw(st.sampled_from(["original_size", "split_size", "shape", "data", "codec", "scale", "zero_point",
+                                      "model", "split_point", "header"]))
         if field.endswith("_size"):
             _set_size(getattr(msg, field), (draw(sizes), draw(sizes)))
         elif field == "shape":
@@ -135,7 +135,7 @@ def mutated_payloads(draw, seeds):
             msg.tensor.data = draw(st.sampled_from([data[:cut], data + draw(st.binary(max_size=64)),
                                                     data[:cut] + draw(st.binary(min_size=1, max_size=64))
                                                     + data[cut + 1:]]))
-        elif field in ("codec", "dtype"):
+        elif field == "codec":
             setattr(msg.tensor, field, draw(strings))
         elif field in ("scale", "zero_point"):
             setattr(msg.tensor, field, draw(floats))

@@ -29,12 +29,11 @@ def _bad(good, mutate):
     (lambda m: setattr(m, "model", "resnet50"), "payload is for model 'resnet50'"),
     (lambda m: setattr(m, "split_point", "backbone.features.0.3"), "this model splits at 'backbone.features.0.6'"),
     (lambda m: setattr(m.tensor, "codec", "float16"), "payload codec 'float16', this model expects 'uint8'"),
-    (lambda m: setattr(m.tensor, "dtype", "int64"), "payload dtype 'int64'"),
     (lambda m: m.tensor.shape.__setitem__(1, 6), r"tensor shape \[1, 6, 40, 40\].*expects \[1, 3, 40, 40\]"),
     (lambda m: setattr(m.tensor, "data", m.tensor.data[:10]), "needs 4800 bytes, got 10"),
     (lambda m: setattr(m.tensor, "scale", 0.0), "scale must be a positive"),
-    (lambda m: setattr(m.batch_size, "height", 384), r"split_size \[40, 40\] does not match batch \[384, 320\]: expected \[48, 40\]"),
-    (lambda m: setattr(m.batch_size, "height", 64), r"batch_size \[64, 320\] is smaller than image_size \[320, 320\]"),
+    (lambda m: setattr(m.split_size, "height", 48),
+     r"split_size \[48, 40\] does not match original_size \[96, 128\] \(padded batch \[320, 320\]\): expected \[40, 40\]"),
     (lambda m: setattr(m.original_size, "width", 0), r"original_size \[96, 0\] is outside"),
 ])
 def test_mismatch_is_named(model, good, mutate, match):
@@ -44,6 +43,16 @@ def test_mismatch_is_named(model, good, mutate, match):
 
 def test_good_payload_decodes(model, good):
     assert model.decode_message(good)["boxes"].shape[-1] == 4
+
+
+def test_the_sizes_after_the_resize_are_the_models_not_the_senders(model, good):
+    """Protocol 3 sends no image or batch size: a sender that still writes the old fields 5 and 6
+    (here claiming a 4000 x 4000 batch) is read as if it had not, and gets the same result."""
+    big = pb.Size(height=4000, width=4000).SerializeToString()
+    stale = good.SerializeToString() + b"".join(bytes([field << 3 | 2, len(big)]) + big for field in (5, 6))
+    want = model.decode_message(good)
+    got = model.decode(stale)
+    assert torch.equal(got["boxes"], want["boxes"]) and torch.equal(got["scores"], want["scores"])
 
 
 def test_garbage_bytes(model):

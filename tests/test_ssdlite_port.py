@@ -18,7 +18,8 @@ from split import split
 from split.images import _decode, load_image
 from split.models import SSDLiteTF
 from split.models.convert_tf import cached_checkpoint, checkpoint_path
-from split.models.ssdlite_tf import SamePadConv2d, tf_legacy_resize
+from split.models.ssdlite_tf import SamePadConv2d, first_kept, tf_legacy_resize
+from torchvision.ops import nms
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = np.load(ROOT / "tests" / "data" / "ssdlite_tf_reference.npz")
@@ -49,6 +50,19 @@ def test_anchors_are_tfs():
     anchors = SSDLiteTF().anchor_generator.normalized(MAP_SHAPES)
     assert anchors.shape == (1917, 4)
     np.testing.assert_allclose(anchors.numpy(), REF["anchors"], atol=1e-6)
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.02, 0.2, 1.0])
+def test_first_kept_is_nms_cut_to_the_limit(spread: float):
+    """Exact on crowds where almost every box is suppressed (the best k doubles up to all of them),
+    on scattered ones where the first 4 x limit decide, and on tied scores."""
+    g = torch.Generator().manual_seed(int(spread * 100))
+    centre = torch.rand(1917, 2, generator=g) * spread * 300 + 100
+    size = torch.rand(1917, 2, generator=g) * 40 + 10
+    boxes = torch.cat([centre - size / 2, centre + size / 2], 1)
+    for scores in (torch.rand(1917, generator=g), torch.randint(0, 50, (1917,), generator=g).float() / 50):
+        for limit in (1, 100, 600):
+            assert first_kept(boxes, scores, 0.6, limit).tolist() == nms(boxes, scores, 0.6)[:limit].tolist()
 
 
 def test_same_padding_depends_on_parity():

@@ -41,7 +41,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
-__all__ = ["SSDLiteTF", "SamePadConv2d", "TFAnchorGenerator", "TFTransform", "ssdlite300_mobilenet_v2_person",
+__all__ = ["SSDLiteTF", "SamePadConv2d", "TFAnchorGenerator", "TFTransform", "first_kept", "ssdlite300_mobilenet_v2_person",
            "tf_legacy_resize"]
 
 BN_EPS = 1e-3
@@ -206,6 +206,30 @@ class TFAnchorGenerator(nn.Module):
         return [xyxy for _ in image_list.image_sizes]
 
 
+def first_kept(boxes: Tensor, scores: Tensor, iou_threshold: float, limit: int) -> Tensor:
+    """`box_ops.nms(boxes, scores, iou_threshold)[:limit]`, without suppressing every box.
+
+    Why: with TF's score threshold of 1e-8 every one of the 1,917 anchors enters NMS, and
+    torchvision's NMS compares each kept box with all lower ones: ~30 % of the edge's compute
+    under load (py-spy, issue 16), although only the first `limit` kept boxes are used. Greedy
+    NMS decides a box from the boxes scored above it alone, so NMS over the best k boxes decides
+    exactly those k; k starts at 4 x `limit` and doubles until `limit` are kept or all boxes are
+    in. Same boxes, in the same order, where torchvision's NMS orders tied scores as a stable sort
+    does, as on the CPU here (tests/test_ssdlite_port.py, with ties). An export (the ONNX tracer,
+    `torch.export`) takes the one-call form, since the loop's trip count depends on the data."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or int(scores.numel()) <= 4 * limit:
+        return box_ops.nms(boxes, scores, iou_threshold)[:limit]
+    n = int(scores.numel())
+    order = scores.argsort(descending=True, stable=True)
+    k = 4 * limit
+    while True:
+        best = order[:k]
+        kept = box_ops.nms(boxes[best], scores[best], iou_threshold)
+        if len(kept) >= limit or k >= n:
+            return best[kept[:limit]]
+        k *= 2
+
+
 class SSDLiteTF(nn.Module):
     """SSDLite-MobileNetV2 as the TF OD API graph computes it; labels are COCO category ids (1: person)."""
 
@@ -243,7 +267,7 @@ class SSDLiteTF(nn.Module):
             for c in range(scores.shape[-1]):
                 s = scores[:, c]
                 idx = torch.where(s > self.score_thresh)[0]
-                kept = box_ops.nms(boxes[idx], s[idx], self.nms_thresh)[: self.detections_per_img]
+                kept = first_kept(boxes[idx], s[idx], self.nms_thresh, self.detections_per_img)
                 keep_boxes.append(boxes[idx[kept]])
                 keep_scores.append(s[idx[kept]])
                 keep_labels.append(torch.full_like(kept, c + 1))

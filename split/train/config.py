@@ -22,7 +22,8 @@ bottleneck: {channels: 128, hidden: 64, downsample: 2, kind: block}   # kind: co
 # kind entropic (bottlenecks.entropic): an encoder from the image replaces the head; also
 #   prior: factorized | hyperprior, stride_log2: 3 (the split point's stride, as a power of 2),
 #   decoder_hidden: 64 (the edge-side decoder's width), encoder_from: image | split (a learned prior on
-#   the conv bottleneck's latent after the first blocks, started from an 8-bit checkpoint: init_from)
+#   an 8-bit bottleneck's latent after the first blocks, started from its checkpoint: init_from),
+#   split_kind: conv | block (with encoder_from split: the 8-bit kind whose latent the prior codes)
 train:
   epochs: 10
   batch_size: 32
@@ -45,7 +46,9 @@ train:
   # rate-distortion (bottleneck.kind entropic; split.train.rate_distortion):
   lmbda: 1.0                  # loss = distortion + lmbda x KB per frame (the prior's estimate)
   init_from: null             # start from this checkpoint's bottleneck (same shape; e.g. another lmbda's)
+  init_step: 1.0              # entropic split student from an 8-bit init_from: its integer step, in 8-bit steps
   aux_lr: 0.001               # the entropy model's quantile (auxiliary) loss
+  prior_lr: null              # the prior's densities in stage 1 (null: train.lr), with the same schedule
   stage2_epochs: 2            # then: the decoder alone, encoder and prior frozen, on hard-quantized latents
   stage2_lr: 0.0001
 ```
@@ -91,9 +94,12 @@ class BottleneckConfig:
     prior: str = "factorized"  # kind entropic only
     stride_log2: int = 3  # kind entropic only
     decoder_hidden: int = 64  # kind entropic only: the edge-side decoder's width
-    # kind entropic only: "image" (the encoder replaces the head) or "split" (a learned prior on the
-    # conv bottleneck's latent after the backbone's first blocks; init_from an 8-bit checkpoint)
+    # kind entropic only: "image" (the encoder replaces the head) or "split" (a learned prior on an 8-bit
+    # bottleneck's latent after the backbone's first blocks, split_kind; init_from its checkpoint)
     encoder_from: str = "image"
+    # kind entropic, encoder_from split only: the 8-bit kind whose latent the prior codes, "conv" or
+    # "block" (with downsample, e.g. the classifier's block code at 1/4 of the split point's size)
+    split_kind: str = "conv"
 
 
 @dataclass
@@ -122,7 +128,11 @@ class TrainConfig:
     # Start the bottleneck (and a trained head copy) from this checkpoint of the same shape, e.g. another
     # λ's run: a rate-distortion sweep then costs a few epochs per point instead of a whole run.
     init_from: str | None = None
+    # An entropic split student started from an 8-bit checkpoint: its latent's integer step, in the 8-bit
+    # codec's median steps (1: the 8-bit resolution; larger: coarser, fewer bytes from the first step).
+    init_step: float = 1.0
     aux_lr: float = 1e-3
+    prior_lr: float | None = None  # the learned prior's densities (stage 1); None: train.lr
     stage2_epochs: int = 0
     stage2_lr: float = 1e-4
 
@@ -246,12 +256,20 @@ def _validate_entropic(cfg: DistillConfig, bad: Any) -> None:
     b, t = cfg.bottleneck, cfg.train
     if b.prior not in ("factorized", "hyperprior"):
         raise bad("bottleneck.prior", f"must be factorized or hyperprior, got {b.prior!r}")
-    if not 1 <= b.stride_log2 <= 5 or b.downsample:
-        raise bad("bottleneck", f"entropic needs stride_log2 in 1..5 and downsample 0; got {dataclasses.asdict(b)}")
     if b.encoder_from not in ("image", "split"):
         raise bad("bottleneck.encoder_from", f"must be image or split, got {b.encoder_from!r}")
+    if b.split_kind not in ("conv", "block") or (b.encoder_from == "image" and b.split_kind != "conv"):
+        raise bad("bottleneck.split_kind", f"must be conv or block, and block only with encoder_from split; got "
+                                           f"{b.split_kind!r} with {b.encoder_from!r}")
+    if not 1 <= b.stride_log2 <= 5 or b.downsample < 0 or (b.downsample and b.encoder_from != "split"):
+        raise bad("bottleneck", f"entropic needs stride_log2 in 1..5 and downsample 0 (> 0 only with encoder_from "
+                                f"split); got {dataclasses.asdict(b)}")
     if b.encoder_from == "image" and (not t.trainable_head or t.freeze_through is not None):
         raise bad("train.freeze_through", "must be null with trainable_head true: an entropic encoder replaces the head")
+    if t.prior_lr is not None and not t.prior_lr > 0:
+        raise bad("train.prior_lr", f"must be > 0 (or null: train.lr), got {t.prior_lr}")
+    if not t.init_step > 0:
+        raise bad("train.init_step", f"must be > 0, got {t.init_step}")
     if t.lmbda < 0 or t.aux_lr <= 0 or t.stage2_lr <= 0 or t.stage2_epochs < 0:
         raise bad("train", f"needs lmbda >= 0, aux_lr and stage2_lr > 0, stage2_epochs >= 0; got lmbda {t.lmbda}, "
                            f"aux_lr {t.aux_lr}, stage2_lr {t.stage2_lr}, stage2_epochs {t.stage2_epochs}")

@@ -30,10 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from bottlenecks import EntropicStudent
+from bottlenecks.entropic import SPLIT_KINDS
 from split.train.distill import Distiller
 from split.train.plan import model_size, unresized_input
 from split.train.teacher_cache import TeacherCache
 from split.train.config import ConfigError
+from split.recipes import get_recipe
 from split.weights import load_checkpoint
 
 __all__ = ["RateDistortionDistiller"]
@@ -52,8 +54,16 @@ class RateDistortionDistiller(Distiller):
         super().__init__(*args, **kwargs)
         t = self.cfg.train
         named = list(self.bottleneck.named_parameters())
-        self.params = list(self.trainable_head.parameters()) + [p for n, p in named if not _is_quantile(n)]
-        self.optimizer = torch.optim.Adam(self.params, lr=t.lr)
+        prior = [p for n, p in named if n.startswith("entropy.") and not _is_quantile(n)]
+        rest = list(self.trainable_head.parameters()) + [p for n, p in named
+                                                         if not n.startswith("entropy.") and not _is_quantile(n)]
+        self.params = rest + prior
+        # The prior's parameters (the factorized densities; a hyperprior's networks too) may learn faster
+        # than the network (`train.prior_lr`): compressai fits them
+        # over ~1e5 steps; a run of a few hundred steps at the network's rate leaves them near their
+        # initial shape, and the rate term then measures the misfit, not the latent.
+        self.prior_lr_scale = (t.prior_lr or t.lr) / t.lr
+        self.optimizer = torch.optim.Adam([{"params": rest}, {"params": prior, "prior": True}], lr=t.lr)
         self.aux_optimizer = torch.optim.Adam([p for n, p in named if _is_quantile(n)], lr=t.aux_lr)
         self.stage = 1
         # Rate per frame of the model's own size, estimated from a crop's: bits scale with the area.
@@ -61,7 +71,8 @@ class RateDistortionDistiller(Distiller):
 
     def _make_bottleneck(self, channels: int) -> nn.Module:
         b = self.cfg.bottleneck
-        return EntropicStudent(channels, b.channels, b.hidden, b.stride_log2, b.prior, b.decoder_hidden, b.encoder_from)
+        return EntropicStudent(channels, b.channels, b.hidden, b.stride_log2, b.prior, b.decoder_hidden, b.encoder_from,
+                               split_kind=b.split_kind, downsample=b.downsample)
 
     @property
     def total_epochs(self) -> int:
@@ -84,6 +95,9 @@ class RateDistortionDistiller(Distiller):
         if epoch >= self.cfg.train.epochs:
             self._enter_stage2()
         super().begin_epoch(epoch)
+        for group in self.optimizer.param_groups:
+            if group.get("prior"):
+                group["lr"] *= self.prior_lr_scale
 
     def lr_at(self, epoch: int) -> float:
         return self.cfg.train.stage2_lr if epoch >= self.cfg.train.epochs else super().lr_at(epoch)
@@ -110,8 +124,9 @@ class RateDistortionDistiller(Distiller):
             features, likelihoods = st(self._encoder_input(cached))
             return features, st.bits(likelihoods)
         with torch.no_grad():
-            y_hat = st.quantized(st.encoder(self._encoder_input(cached)))
-        return st.decoder(y_hat), torch.zeros(len(cached))
+            x = self._encoder_input(cached)
+            y_hat = st.quantized(st.encoder(x))
+        return st.decode(y_hat, tuple(x.shape[-2:])), torch.zeros(len(cached))
 
     def student_forward(self, batch: dict[str, Tensor], quantize: bool) -> dict[str, Tensor]:
         x, bits = self._features(batch["input"])
@@ -163,18 +178,20 @@ class RateDistortionDistiller(Distiller):
 
     @torch.no_grad()
     def _init_from(self, path: str, cache: TeacherCache) -> None:
-        """An 8-bit conv checkpoint starts an `encoder_from: split` student: its head copies, encoder
-        and decoder, with the latent scaled so that one integer step (the prior's quantizer) is the
-        8-bit codec's median step on the training samples; else the base rule (same shape)."""
+        """An 8-bit conv or block checkpoint starts an `encoder_from: split` student of its kind: its
+        head copies, encoder and decoder, with the latent scaled so that one integer step (the prior's
+        quantizer) is `train.init_step` x the 8-bit codec's median step on the training samples; else the base
+        rule (same shape)."""
         ckpt = load_checkpoint(path)
         spec, st = ckpt.get("bottleneck_spec") or {}, self.bottleneck
-        if not (spec.get("kind") == "conv" and not st.replaces_head):
+        if not (spec.get("kind") in SPLIT_KINDS and not st.replaces_head):
             return super()._init_from(path, cache)
-        if (spec.get("channels"), spec.get("hidden"), spec.get("downsample"), ckpt.get("split_point")) != (
-                st.channels, st.hidden, 0, self.student.at):
-            raise ConfigError(f"{self.cfg.source}: train.init_from {path} holds {spec} at {ckpt.get('split_point')!r}; "
-                              f"an encoder_from split student needs channels {st.channels}, hidden {st.hidden}, "
-                              f"downsample 0 at {self.student.at!r}")
+        at = ckpt.get("split_point") or get_recipe(ckpt.get("recipe", self.cfg.recipe)).split_point
+        if (spec.get("kind"), spec.get("channels"), spec.get("hidden"), spec.get("downsample"), at) != (
+                st.split_kind, st.channels, st.hidden, st.downsample, self.student.at):
+            raise ConfigError(f"{self.cfg.source}: train.init_from {path} holds {spec} at {at!r}; this encoder_from "
+                              f"split student needs kind {st.split_kind}, channels {st.channels}, hidden {st.hidden}, "
+                              f"downsample {st.downsample} at {self.student.at!r}")
         coder = {k.split(".", 1)[1]: v for k, v in ckpt["bottleneck"].items() if k.startswith("encoder.")}
         st.encoder.load_state_dict(coder)
         st.decoder.load_state_dict({k.split(".", 1)[1]: v for k, v in ckpt["bottleneck"].items() if k.startswith("decoder.")})
@@ -183,13 +200,14 @@ class RateDistortionDistiller(Distiller):
         self._train_mode(False)
         batch = cache.batch(list(range(0, cache.n, max(1, cache.n // 64))))
         y = st.encoder(self._encoder_input(batch["input"]))
-        step = float(((y.amax(dim=(1, 2, 3)) - y.amin(dim=(1, 2, 3))) / 255.0).median())
-        last, first = st.encoder[-1], st.decoder[0][0]
+        step = float(((y.amax(dim=(1, 2, 3)) - y.amin(dim=(1, 2, 3))) / 255.0).median()) * self.cfg.train.init_step
+        last = st.encoder[-1]
+        first = next(m for m in st.decoder.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
         last.weight.mul_(1.0 / step)
         last.bias.mul_(1.0 / step)
         first.weight.mul_(step)
-        self.log(f"init_from: head, encoder and decoder of {path} (8-bit); latent scaled by 1/{step:.4g} "
-                 "(its median 8-bit step becomes one integer step)")
+        self.log(f"init_from: head, encoder and decoder of {path} (8-bit {st.split_kind}); latent scaled by 1/{step:.4g} "
+                 f"({self.cfg.train.init_step:g} x its median 8-bit step becomes one integer step)")
 
     def resume(self) -> tuple[int, list[dict[str, float]]]:
         ckpt = load_checkpoint(self.cfg.output)

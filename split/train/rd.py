@@ -46,10 +46,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bottlenecks import EncodedTensor, TensorCodec, WebpCodec
+from bottlenecks import TensorCodec, WebpCodec
 from protos import splitedge_pb2 as pb
 from split.api import SplitModel
 from split.images import load_image
+from split.messages import from_message, size_message, tensor_message
 from split.train.config import ConfigError, DataConfig, load_config
 from split.train.data import DataError, train_val_split
 from split.train.evaluation import EvalImages, detached, measure_accuracy
@@ -113,23 +114,14 @@ def _jpeg_frame(base: SplitModel, image: Tensor, quality: int) -> tuple[pb.Paylo
     return msg, base.decode(msg.SerializeToString()), None
 
 
-def _size(hw: Any) -> pb.Size:
-    return pb.Size(height=int(hw[0]), width=int(hw[1]))
-
-
 def _image_frame(base: SplitModel, image: Tensor, codec: TensorCodec) -> tuple[pb.Payload, dict[str, Tensor], None]:
     """Offload through an image codec the edge does not serve: `encode_image`'s message with
     `codec`'s bytes, then what `decode` does with a JPEG (the codec's decode of the message's
     tensor, the full model on it). With `JpegCodec` it equals `_jpeg_frame` (a test checks)."""
     resized = base.adapter.resize(image)
     enc = codec.encode(resized)
-    msg = pb.Payload(model=base.name, tensor=pb.Tensor(codec=enc.codec, dtype=enc.dtype, shape=list(enc.shape),
-                                                       scale=enc.scale, zero_point=enc.zero_point, data=enc.data),
-                     original_size=_size(image.shape[-2:]), image_size=_size(resized.shape[-2:]),
-                     batch_size=_size(resized.shape[-2:]))
-    t = msg.tensor
-    decoded = codec.decode(EncodedTensor(t.codec, t.dtype, tuple(int(d) for d in t.shape), t.data, t.scale,
-                                         t.zero_point))
+    msg = pb.Payload(model=base.name, tensor=tensor_message(enc), original_size=size_message(image.shape[-2:]))
+    decoded = codec.decode(from_message(msg.tensor))
     original = (int(msg.original_size.height), int(msg.original_size.width))
     return msg, base.adapter.full_on_resized(decoded, original), None
 

@@ -45,8 +45,8 @@ export class Head {
     const p = this.manifest.payload;
     return {
       model: p.model, splitPoint: p.split_point,
-      tensor: { codec: "uint8", dtype: "float32", shape: wire.dims, scale: q.scale, zeroPoint: q.zeroPoint, data: q.data },
-      originalSize: [frame.height, frame.width], imageSize: p.image_size, batchSize: p.batch_size, splitSize: p.split_size,
+      tensor: { codec: "uint8", shape: wire.dims, scale: q.scale, zeroPoint: q.zeroPoint, data: q.data },
+      originalSize: [frame.height, frame.width], splitSize: p.split_size,
     };
   }
 }

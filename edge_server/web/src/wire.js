@@ -25,7 +25,7 @@ class Writer {
   uint(field, value) { if (value) { this.tag(field, VARINT); this.varint(value); } }
 
   double(field, value) {
-    if (value === 0) return;
+    if (!value) return; // 0 (or absent, as a codec without a scale leaves it) is the default: not sent
     const b = new Uint8Array(8);
     new DataView(b.buffer).setFloat64(0, value, true);
     this.tag(field, FIXED64);
@@ -66,8 +66,7 @@ function size([height, width]) {
 
 function tensor(t) {
   const w = new Writer();
-  w.string(1, t.codec);
-  w.string(2, t.dtype);
+  w.string(1, t.codec); // no dtype (field 2 is reserved): the codec implies it
   w.packed(3, t.shape);
   w.double(4, t.scale);
   w.double(5, t.zeroPoint);
@@ -75,16 +74,15 @@ function tensor(t) {
   return w;
 }
 
-/** A serialized splitedge.v1.Frame: {frameId, payload: {model, splitPoint, tensor, originalSize, imageSize,
- * batchSize, splitSize}}; sizes are [height, width], tensor {codec, dtype, shape, scale, zeroPoint, data}. */
+/** A serialized splitedge.v1.Frame: {frameId, payload: {model, splitPoint, tensor, originalSize, splitSize}};
+ * sizes are [height, width], tensor {codec, shape, scale, zeroPoint, data}. The sizes after the model's resize
+ * and padding are not sent (fields 5 and 6 are reserved): the edge computes them from originalSize. */
 export function encodeFrame({ frameId, payload }) {
   const p = new Writer();
   p.string(1, payload.model);
   p.string(2, payload.splitPoint);
   p.message(3, tensor(payload.tensor));
   p.message(4, size(payload.originalSize));
-  p.message(5, size(payload.imageSize));
-  p.message(6, size(payload.batchSize));
   p.message(7, size(payload.splitSize));
   const f = new Writer();
   f.uint(1, frameId);
