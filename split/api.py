@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import math
 import sys
 import threading
 import warnings
@@ -333,7 +332,7 @@ class SplitModel:
         if _hw(msg.split_size) != split_size:
             raise PayloadMismatch(f"split_size {list(_hw(msg.split_size))} does not match original_size "
                                   f"{list(original)} (padded batch {list(batch)}): expected {list(split_size)}")
-        expected = (1, self.wire_channels, *self._wire_size(split_size))
+        expected = (1, self.wire_channels, *self.limits.wire_size(split_size))
         if tuple(enc.shape) != expected:
             raise PayloadMismatch(f"tensor shape {list(enc.shape)}, model {self.name or self.at!r} expects {list(expected)}")
         return _Decoded(self._decode_tensor(self.codec, enc), False, split_size, batch, image_size, original)
@@ -359,12 +358,6 @@ class SplitModel:
         with torch.inference_mode():
             x = _Chain(stages)(torch.zeros(1, 3, 64, 64))
         return int(x.shape[1])
-
-    def _wire_size(self, split_size: Size) -> Size:
-        h, w = split_size
-        for _ in range(self.bottleneck.downsample if self.bottleneck else 0):
-            h, w = math.ceil(h / 2), math.ceil(w / 2)
-        return h, w
 
     def _expected_split_size(self, batch: Size) -> Size:
         """Spatial size at the split point for a padded batch size, measured once per size.

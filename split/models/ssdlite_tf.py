@@ -217,9 +217,9 @@ def first_kept(boxes: Tensor, scores: Tensor, iou_threshold: float, limit: int) 
     in. Same boxes, in the same order, where torchvision's NMS orders tied scores as a stable sort
     does, as on the CPU here (tests/test_ssdlite_port.py, with ties). An export (the ONNX tracer,
     `torch.export`) takes the one-call form, since the loop's trip count depends on the data."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or int(scores.numel()) <= 4 * limit:
+    n = None if torch.jit.is_tracing() or torch.compiler.is_compiling() else int(scores.numel())
+    if n is None or n <= 4 * limit:
         return box_ops.nms(boxes, scores, iou_threshold)[:limit]
-    n = int(scores.numel())
     order = scores.argsort(descending=True, stable=True)
     k = 4 * limit
     while True:
