@@ -17,6 +17,11 @@ time from a frame's send to its result; ``mean_batch`` the frames per batch the 
 (its ``splitedge_batch_frames`` metric, over the run). A PNG of fps and p99 against clients is
 written to ``--plot`` (default ``results/throughput/throughput.png``).
 
+``--compare-plain`` runs each of the two servers also with ``--plain-model`` (the network as built:
+no BatchNorm folded into its convolution, no channels-last; `split.fusion`), all four interleaved,
+and adds ``ratios_plain_model`` and ``edge_form_over_plain`` (frames/s of the edge's form over the
+plain model's, per client count, batching on and off); the plot shows the edge's form.
+
 ``--curve`` measures instead, in this process, what chose the scheduler's defaults: frames/s of
 the default recipe's tail (`SplitModel.decode_batch`) against batch size, on one worker and on
 the default number of workers at once, written to ``results/throughput/curve.json`` and
@@ -203,28 +208,47 @@ def _run(server: _Server, clients: int, seconds: float, in_flight: int, frame_fi
             "mean_batch": round((frames1 - frames0) / (batches1 - batches0), 2) if batches1 > batches0 else None}
 
 
-def bench(clients: list[int], seconds: float, in_flight: int, plot: Path | None, workers: int | None = None) -> dict:
+def bench(clients: list[int], seconds: float, in_flight: int, plot: Path | None, workers: int | None = None,
+          compare_plain: bool = False) -> dict:
+    """Batching on and off; with `compare_plain`, each also against `serve --plain-model` (four servers)."""
     frame_file = _frame_file()
-    servers = {}
+    forms = (False, True) if compare_plain else (False,)
+    servers: dict[tuple[bool, bool], _Server] = {}
     try:
-        servers = {True: _Server(None, max(clients), in_flight, workers),
-                   False: _Server(1, max(clients), in_flight, workers)}
+        for plain in forms:
+            extra = ("--plain-model",) if plain else ()
+            servers[(True, plain)] = _Server(None, max(clients), in_flight, workers, extra)
+            servers[(False, plain)] = _Server(1, max(clients), in_flight, workers, extra)
         runs = []
         for n in clients:
-            for batching in (False, True):
-                runs.append({"clients": n, "batching": batching,
-                             **_run(servers[batching], n, seconds, in_flight, frame_file)})
-                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+            for plain in forms:
+                for batching in (False, True):
+                    row = {"clients": n, "batching": batching, **({"plain_model": plain} if compare_plain else {})}
+                    runs.append({**row, **_run(servers[(batching, plain)], n, seconds, in_flight, frame_file)})
+                    print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     finally:
         for s in servers.values():
             s.stop()
         os.unlink(frame_file)
+    edge_form = [r for r in runs if not r.get("plain_model")]
     result = {"runs": runs, "seconds": seconds, "in_flight_per_client": in_flight,
-              "server": {"batched": servers[True].scheduling, "unbatched": servers[False].scheduling},
-              "ratios": _ratios(runs)}
+              "server": {"batched": servers[(True, False)].scheduling, "unbatched": servers[(False, False)].scheduling},
+              "ratios": _ratios(edge_form)}
+    if compare_plain:
+        plain = [r for r in runs if r["plain_model"]]
+        result["ratios_plain_model"] = _ratios(plain)
+        result["edge_form_over_plain"] = {
+            str(n): {("batching" if b else "no_batching"): round(e["fps"] / p["fps"], 2)
+                     for b in (False, True)
+                     for e, p in [(_row(edge_form, n, b), _row(plain, n, b))] if p["fps"]}
+            for n in clients}
     if plot is not None:
-        _plot(result, plot)
+        _plot({**result, "runs": edge_form}, plot)
     return result
+
+
+def _row(runs: list[dict], clients: int, batching: bool) -> dict:
+    return next(r for r in runs if r["clients"] == clients and r["batching"] == batching)
 
 
 def bench_ray(clients: list[int], replicas: list[int], seconds: float, in_flight: int, plot: Path | None,
@@ -340,12 +364,14 @@ def curve(sizes: list[int], seconds: float, out: Path) -> dict:
     import torch
 
     from edge_server.scheduler import default_workers
+    from split.fusion import edge_form
     from split.images import load_image
     from split.recipes import build, default_recipe
 
     torch.set_num_threads(1)  # one thread per worker, as the servers here run (OMP_NUM_THREADS=1)
     model = build(default_recipe().name)[0]
     payload = model.encode_message(load_image(IMAGE))
+    edge_form(model)  # what `splitedge serve` runs (after the device's side made the payload)
     workers = max(2, default_workers())
 
     def frames_per_s(batch: int, threads: int) -> float:
@@ -419,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ray: the in-process server against `serve --backend ray --replicas N` instead")
     p.add_argument("--replicas", type=_ints, help="with --backend ray: replica counts, comma-separated (default 1,2)")
     p.add_argument("--curve", action="store_true", help="measure batch size vs tail frames/s instead")
+    p.add_argument("--compare-plain", action="store_true",
+                   help="also run both servers with --plain-model (no folded BatchNorm, no channels-last), interleaved")
     p.add_argument("--batch-sizes", type=_ints, default=[1, 2, 4, 8, 16, 32], help="with --curve")
     args = p.parse_args(argv)
     if args.curve:
@@ -437,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args.workers)))
         return 0
     print(json.dumps(bench(args.clients, args.seconds, args.in_flight, args.plot or OUT / "throughput.png",
-                           args.workers)))
+                           args.workers, args.compare_plain)))
     return 0
 
 

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="ENUM", help="torchvision weights enum (e.g. DEFAULT, COCO_V1), from the local cache")
     p.add_argument("--max-message-mb", type=float, default=DEFAULT_MAX_MESSAGE_BYTES / 2**20)
     p.add_argument("--no-warmup", action="store_true", help="skip the start-up frame that seeds latency medians")
+    p.add_argument("--plain-model", action="store_true",
+                   help="serve the network as built: no BatchNorm folded, no channels-last (outputs bit-equal to "
+                        "SplitModel.decode; 1.1-1.5x fewer frames/s here, docs/scheduler.md)")
     sec = p.add_argument_group("security")
     sec.add_argument("--tls-cert", metavar="F", help="PEM certificate chain: serve TLS")
     sec.add_argument("--tls-key", metavar="F", help="PEM private key of --tls-cert")
@@ -122,7 +125,7 @@ def _load_with_checkpoints(names: list[str], args) -> tuple[list[ServedModel], d
         ckpt = args.checkpoint if r.name == ckpt_recipe else None
         try:
             model, source = build(r.name, weights=args.weights, checkpoint=ckpt)
-            s = ServedModel(model, source, r.builder)
+            s = ServedModel(model, source, r.builder, edge_form=not args.plain_model)
             if not args.no_warmup:
                 s.warm_up()
         except (WeightsError, RuntimeError, ValueError, OSError) as exc:
@@ -148,7 +151,7 @@ def _ray_backend(served: list[ServedModel], checkpoints: dict[str, str | None], 
     from edge_server.ray_backend import ModelSpec, RayBackend, RayOptions
 
     specs = [ModelSpec(s.model.name, args.weights, os.path.abspath(checkpoints[s.model.name])
-                       if checkpoints[s.model.name] else None) for s in served]
+                       if checkpoints[s.model.name] else None, edge_form=not args.plain_model) for s in served]
     return RayBackend(specs, RayOptions(replicas=args.replicas or 1, threads=options.batching.workers),
                       options.batching).start()
 

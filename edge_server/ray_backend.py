@@ -82,6 +82,7 @@ class ModelSpec:
     recipe: str
     weights: str | None = None
     checkpoint: str | None = None  # an absolute path: replicas may not share the server's working directory
+    edge_form: bool = True  # `split.fusion.edge_form`, as the in-process server (`--plain-model` turns it off)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class TailReplica:
 
         torch.set_num_threads(1)
         model, source = build(spec.recipe, weights=spec.weights, checkpoint=spec.checkpoint)
-        self._served = ServedModel(model, source, get_recipe(spec.recipe).builder)
+        self._served = ServedModel(model, source, get_recipe(spec.recipe).builder, edge_form=spec.edge_form)
         self._served.warm_up()
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="splitedge-replica")
         self._batched = serve.batch(max_batch_size=batch_size, batch_wait_timeout_s=batch_wait_s,

