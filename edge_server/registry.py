@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from split import SplitModel
-from split.fusion import edge_form
+from split import fusion
 from split.adapters import Outputs
 
 __all__ = ["ModelRegistry", "ServedModel"]
@@ -35,7 +35,7 @@ class ServedModel:
 
     def __post_init__(self) -> None:
         if self.edge_form:
-            edge_form(self.model)
+            fusion.edge_form(self.model)
 
     def record(self, kind: str, ms: float) -> None:
         self.latencies.setdefault(kind, deque(maxlen=self.window)).append(ms)
