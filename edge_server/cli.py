@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-warmup", action="store_true", help="skip the start-up frame that seeds latency medians")
     p.add_argument("--plain-model", action="store_true",
                    help="serve the network as built: no BatchNorm folded, no channels-last (outputs bit-equal to "
-                        "SplitModel.decode; 1.1-1.5x fewer frames/s here, docs/scheduler.md)")
+                        "SplitModel.decode; the edge's form served 1.1-1.5x its frames/s here, docs/scheduler.md)")
     sec = p.add_argument_group("security")
     sec.add_argument("--tls-cert", metavar="F", help="PEM certificate chain: serve TLS")
     sec.add_argument("--tls-key", metavar="F", help="PEM private key of --tls-cert")
