@@ -9,8 +9,9 @@ docs/scheduler.md), the unbatched and the batched server served 1.10-1.50x the f
 with it (1.29-1.50x at 1 and 4 clients, 1.10-1.13x at 16).
 
 The function is the same to float tolerance (a fold changes rounding, not what is computed:
-`tests/test_fusion.py` compares three families' outputs: SSDLite, a classifier, Faster R-CNN). Only the edge runs this form: the device's
-head stays the plain network, so its bytes are those of the exported head and the lean client's.
+`tests/test_fusion.py` compares three families' outputs: SSDLite, a classifier, Faster R-CNN). Only
+the edge runs this form: the head stays the plain network (`edge_form` gives it its own copy), so
+its bytes are those of the exported head and the lean client's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["edge_form", "fold_batchnorm"]
+__all__ = ["edge_form", "fold_batchnorm", "fold_chain"]
 
 
 def fold_batchnorm(module: nn.Module) -> int:
@@ -56,18 +57,36 @@ def _fused(conv: nn.Module | None, norm: nn.Module | None) -> nn.Conv2d | None:
     return fused
 
 
+def fold_chain(blocks: nn.ModuleList, taps: list[str | None]) -> int:
+    """Fold a norm into the convolution before it where a split model's stages cut the pair apart
+    (the default's `features.14.conv.2` and `.3` are two stages), in place; returns how many.
+
+    A stage whose output is tapped keeps its convolution's output as it is (the tap reads it)."""
+    folded = 0
+    for i in range(len(blocks) - 1):
+        fused = None if taps[i] is not None else _fused(blocks[i], blocks[i + 1])
+        if fused is not None:
+            blocks[i], blocks[i + 1] = fused, nn.Identity()
+            folded += 1
+    return folded
+
+
 def edge_form(model) -> int:
     """Put a `SplitModel` in the edge's form, in place; returns the BatchNorms folded. Call it once,
-    before serving, never on a model that trains or runs a device's head.
+    before serving, never on a model that trains.
 
-    Only pairs inside one Sequential fold: where a recipe's stages cut a conv from its norm (the
-    default's `features.14.conv.2` and `.3`), the stages keep the original modules, so the tail runs
-    that pair unfolded (still correct) while the full model runs it folded.
-
-    Folded: the network (the tail's stages and the full model are its layers), not the bottleneck,
-    whose state's digest a device checks against its own (`SplitModel.bottleneck_digest`); its
-    decoder is laid out channels-last only, which keeps every value and so the digest."""
+    Folded: the network (what the full model runs), then the pairs the tail's stages cut apart
+    (`fold_chain`). The head keeps the plain network: before the fold it gets its own copy of the
+    layers it shares with the network, so what this process encodes is what a device sends.
+    Not folded: the bottleneck, whose state's digest a device checks against its own
+    (`SplitModel.bottleneck_digest`); its decoder is laid out channels-last only, which keeps every
+    value and so the digest."""
+    network = {id(m) for m in model.model.modules()}
+    head = model.head.chain
+    if any(id(b) in network for b in head.blocks):
+        head.blocks = copy.deepcopy(head.blocks)
     folded = fold_batchnorm(model.model)
+    folded += fold_chain(model.tail.chain.blocks, model.tail.chain.taps)
     for m in (model.model, model.tail):
         m.to(memory_format=torch.channels_last)
     return folded

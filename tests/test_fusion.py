@@ -11,11 +11,16 @@ import glob
 import pytest
 import torch
 
-from split.fusion import edge_form, fold_batchnorm
+from torchvision.ops import FrozenBatchNorm2d
+
+from split.fusion import edge_form, fold_batchnorm, fold_chain
 from split.images import load_image
 from split.recipes import build
 
 from tests.conftest import ROOT
+
+
+NORMS = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
 def _close(a: dict, b: dict, what: str) -> None:
@@ -36,7 +41,11 @@ def test_the_edge_form_computes_what_the_plain_model_does(recipe):
     plain = [model.decode_message(p) for p in payloads]
     digest = model.bottleneck_digest()
     assert edge_form(model) > 0
+    assert edge_form(model) == 0  # once is all: a second call finds nothing left to fold
     assert model.bottleneck_digest() == digest  # a device still finds the bottleneck it splits for
+    for im, p in zip(images, payloads):  # the head stays the plain network: this process sends a device's bytes
+        assert model.encode_message(im).tensor.data == p.tensor.data
+    assert not any(isinstance(m, NORMS) for m in model.tail.chain.modules())  # pairs the stages cut apart too
     for i, (p, want) in enumerate(zip(payloads, plain)):
         _close(want, model.decode_message(p), f"frame {i}")
     for i, (want, got) in enumerate(zip(plain, model.decode_batch(payloads))):
@@ -58,6 +67,43 @@ def test_only_a_norm_that_follows_a_convolution_in_eval_mode_is_folded():
     assert fold_batchnorm(net) == 1
     assert isinstance(net[0][1], torch.nn.Identity)
     assert torch.allclose(net(x), want, atol=1e-5)
+
+
+def test_a_pair_the_stages_cut_apart_folds_unless_the_convolution_is_tapped():
+    def chain():
+        net = torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU()]).eval()
+        with torch.no_grad():
+            net[1].running_mean.uniform_(-1, 1)
+            net[1].running_var.uniform_(0.5, 2)
+        return net
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    run = lambda net: net[2](net[1](net[0](x)))  # noqa: E731
+    net = chain()
+    want = run(net)
+    assert fold_chain(net, [None, None, None]) == 1 and isinstance(net[1], torch.nn.Identity)
+    assert torch.allclose(run(net), want, atol=1e-5)
+    assert fold_chain(chain(), ["C4", None, None]) == 0  # the tap reads the convolution's own output
+
+
+def test_a_head_that_shares_its_layers_with_the_network_stays_plain():
+    """`split()` without `own_head` gives the head the network's own layers; the fold must not reach them."""
+    import torchvision
+
+    from split import split
+
+    net = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    model = split(net, "features.3")  # float32 on the wire: any change to the head's arithmetic shows in the bytes
+    image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
+    want, plain = model.encode_message(image), model.full(image)
+    assert edge_form(model) > 0
+    assert model.encode_message(image).tensor.data == want.tensor.data
+    _close(plain, model.decode_message(want), "split frame")
 
 
 def test_the_server_serves_the_edge_form_unless_told_plain():

@@ -90,6 +90,23 @@ def test_a_replica_reports_each_frames_failure_as_its_own():
     assert _reply({"scores": torch.ones(1)}).error == ""
 
 
+@needs_ray
+def test_a_replica_serves_the_form_the_server_was_told(frames):
+    """A replica builds its own model from a `ModelSpec`: `--plain-model` (edge_form False) must reach it.
+    Built here, outside a cluster (`serve.batch` only wraps the method); its answers are the plain model's."""
+    from edge_server.ray_backend import ModelSpec, TailReplica
+
+    def norms(replica: TailReplica) -> int:
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in replica._served.model.tail.chain.modules())
+
+    plain = TailReplica(ModelSpec(MODEL, edge_form=False), threads=1, batch_size=4, batch_wait_s=0.0)
+    assert norms(plain) > 0 and norms(TailReplica(ModelSpec(MODEL), threads=1, batch_size=4, batch_wait_s=0.0)) == 0
+    reference, _ = build(MODEL)
+    payload = frames[0].payload
+    want, got = reference.decode_message(payload), plain._served.run(payload)[0]
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
 class _Handle:
     """A stand-in for a deployment handle: call n's `_Batch` is ``answer(payloads_bytes, n)``, when its result is read."""
 
