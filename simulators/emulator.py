@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
 import signal
 import struct
 import sys
@@ -56,6 +58,7 @@ __all__ = ["LinkEmulator", "run_emulator", "make_links", "parse_hostport", "Uplo
 
 HostPort = tuple[str, int]
 _READ_SIZE = 64 * 1024
+log = logging.getLogger("splitedge.emulator")
 
 
 def parse_hostport(value: Union[str, HostPort]) -> HostPort:
@@ -86,11 +89,13 @@ class _Direction:
         self.room = asyncio.Event()
         self.room.set()
         self.last_arrival = 0.0
+        self.total = 0  # bytes read from the source so far
 
     async def read_loop(self) -> None:
         while True:
             data = await self.src.read(_READ_SIZE)
             now = self.clock()
+            self.total += len(data)
             if not data:
                 # The FIN travels the link too: after the data, one delay later.
                 fin_at = max(self.last_arrival, now + self.link.delay_s)
@@ -151,6 +156,7 @@ class LinkEmulator:
         self._t0 = 0.0
         self._clock_started = False
         self._conns: set[asyncio.Task[None]] = set()
+        self._ids = itertools.count(1)
 
     @property
     def bound_port(self) -> int:
@@ -216,11 +222,20 @@ class LinkEmulator:
             self._conns.discard(task)
 
     async def _proxy(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
+        """Pipe one client connection to a new upstream one. Each connection is logged when it opens and
+        when it ends, with the bytes each way (`splitedge emulate` prints them): a client that cannot get
+        through then shows which hop held it (the upstream connect, or the bytes that never came back)."""
+        n, peer, t0 = next(self._ids), c_writer.get_extra_info("peername"), time.monotonic()
+        host, port = self.upstream
         try:
-            u_reader, u_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
+            u_reader, u_writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            log.warning("connection %d from %s: cannot reach the upstream %s:%d (%s); closed", n, _peer(peer), host,
+                        port, exc.strerror or exc)
             c_writer.transport.abort()
             return
+        log.info("connection %d from %s: upstream %s:%d connected in %.0f ms", n, _peer(peer), host, port,
+                 (time.monotonic() - t0) * 1e3)
         dirs = (
             _Direction(self.up, c_reader, u_writer, self.now, self.max_buffer_bytes, self.coalesce_s),
             _Direction(self.down, u_reader, c_writer, self.now, self.max_buffer_bytes, self.coalesce_s),
@@ -242,6 +257,12 @@ class LinkEmulator:
             for w in (c_writer, u_writer):
                 with contextlib.suppress(Exception):
                     await w.wait_closed()
+            log.info("connection %d closed after %.1f s (%s): %d bytes up, %d down", n, time.monotonic() - t0,
+                     "clean" if clean else "reset", dirs[0].total, dirs[1].total)
+
+
+def _peer(peer: object) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
 
 
 def make_links(trace_spec: str, delay_ms: float = 0.0, loss: str | None = None,
@@ -264,10 +285,15 @@ def run_emulator(trace_spec: str, listen: Union[str, HostPort], upstream: Union[
                  delay_ms: float = 0.0, loss: str | None = None, down_trace_spec: str | None = None,
                  *, jitter_ms: float = 0.0, seed: int = 0) -> None:
     """Blocking entry point for a subprocess: prints ``emulating on HOST:PORT``
-    (flushed) once listening, so a parent can wait for that line, and returns
+    (flushed) once listening, so a parent can wait for that line, then a line as each connection
+    opens and ends (`LinkEmulator._proxy`), and returns
     cleanly on SIGTERM or SIGINT.  Bad specs raise ``ValueError`` first."""
     up, down = make_links(trace_spec, delay_ms, loss, down_trace_spec, jitter_ms, seed)
     emulator = LinkEmulator(listen, upstream, up, down)
+    handler = logging.StreamHandler(sys.stdout)  # with the "emulating on" line, in order
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     asyncio.run(_serve(emulator))
 
 

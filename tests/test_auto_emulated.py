@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 
 from tests.conftest import ENV, ROOT, SAMPLES, splitedge
@@ -38,6 +39,7 @@ def run_auto(server, trace: str, out, *args: str) -> tuple[subprocess.CompletedP
         line = emu.stdout.readline()
         m = re.search(r"emulating on (127\.0\.0\.1:\d+)", line)
         assert m, f"emulator did not start: {line}"
+        threading.Thread(target=emu.stdout.read, daemon=True).start()  # its lines per connection: keep the pipe drained
         started = time.monotonic()
         proc = subprocess.run(
             splitedge("run", "--server", m.group(1), "--model", MODEL, "--mode", "auto", "--source", str(SAMPLES),
