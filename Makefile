@@ -12,7 +12,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install demo test fuzz load overhead throughput ray-throughput pipeline lean-client protos weights clean
+.PHONY: install demo test fuzz load overhead throughput ray-throughput edge-form pipeline lean-client protos weights clean
 
 install: $(STAMP)
 
@@ -63,6 +63,12 @@ throughput: $(STAMP)
 ray-throughput: $(STAMP)
 	mkdir -p results/throughput
 	$(PY) bench/throughput.py --backend ray --replicas 1,2 --clients 16 --seconds 20 | tee results/throughput/ray.json
+
+# The edge's form (BatchNorm folded, channels-last) against the plain model, per recipe, one thread, in one
+# process (~1 min; docs/scheduler.md), into results/edge-form/edge-form.json.
+edge-form: $(STAMP)
+	mkdir -p results/edge-form
+	$(PY) bench/edge_form.py --repeat 50 | tee results/edge-form/edge-form.json
 
 # A pipelined device: the real client against a real server behind the link emulator, off and on (~4 min;
 # docs/pipeline.md), into results/pipeline/pipeline.json.

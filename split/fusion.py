@@ -9,7 +9,8 @@ docs/scheduler.md), the unbatched and the batched server served 1.10-1.50x the f
 with it (1.29-1.50x at 1 and 4 clients, 1.10-1.13x at 16).
 
 The function is the same to float tolerance (a fold changes rounding, not what is computed:
-`tests/test_fusion.py` compares three families' outputs: SSDLite, a classifier, Faster R-CNN). Only
+`tests/test_fusion.py` compares six recipes' outputs: SSDLite v2 and v3, three classifiers, Faster
+R-CNN). Only
 the edge runs this form: the head stays the plain network (`edge_form` gives it its own copy), so
 its bytes are those of the exported head and the lean client's.
 """
@@ -21,27 +22,43 @@ import copy
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d
 
 __all__ = ["edge_form", "fold_batchnorm", "fold_chain"]
 
+# modules whose forward runs each of these (convolution, norm) pairs back to back (torchvision's source)
+_NAMED_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
+    ResNet: (("conv1", "bn1"),),
+    BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+    Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
+}
+
 
 def fold_batchnorm(module: nn.Module) -> int:
     """Fold every eval-mode BatchNorm2d (or torchvision's FrozenBatchNorm2d, the detection
-    backbones' norm) that directly follows a Conv2d in a Sequential into that convolution (torch's
+    backbones' norm) that directly follows a Conv2d into that convolution (torch's
     `fuse_conv_bn_weights`), in place; the norm becomes an Identity. Returns how many were folded.
-    Only Sequentials: there, and only there, the order of children is the order they run in."""
+
+    Only where the order they run in is known without tracing: consecutive children of a
+    Sequential or of torchvision's `IntermediateLayerGetter` (a detection backbone's body, whose
+    returned layers keep their output), and the named pairs of torchvision's ResNet and its blocks
+    (`conv1`/`bn1`, ...), whose forward is fixed; the ResNet backbones' convolutions are almost all
+    in such pairs."""
+    if isinstance(module, (nn.Sequential, IntermediateLayerGetter)):
+        kept = set(getattr(module, "return_layers", ()))  # a returned layer's own output is read
+        names = list(module._modules)
+        pairs = [(a, b) for a, b in zip(names, names[1:]) if a not in kept]
+    else:
+        pairs = [pair for kind, known in _NAMED_PAIRS.items() if type(module) is kind for pair in known]
     folded = 0
-    for child in module.children():
-        if isinstance(child, nn.Sequential):
-            names = list(child._modules)
-            for a, b in zip(names, names[1:]):
-                fused = _fused(child._modules[a], child._modules[b])
-                if fused is not None:
-                    child._modules[a], child._modules[b] = fused, nn.Identity()
-                    folded += 1
-        folded += fold_batchnorm(child)
-    return folded
+    for a, b in pairs:
+        fused = _fused(module._modules.get(a), module._modules.get(b))
+        if fused is not None:
+            module._modules[a], module._modules[b] = fused, nn.Identity()
+            folded += 1
+    return folded + sum(fold_batchnorm(child) for child in module.children())
 
 
 def _fused(conv: nn.Module | None, norm: nn.Module | None) -> nn.Conv2d | None:

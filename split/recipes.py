@@ -126,9 +126,9 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("mobilenet_v2", "mobilenet_v2", "features.6", 3, "uint8",
            "MobileNetV2 ImageNet classifier; split at features[6] (32x28x28), bottleneck 3 ch, 8-bit "
            "(with the ImageNet weights: the distilled 128-ch block bottleneck, entropy-coded (learned prior))",
-           split_checkpoint="checkpoints/mobilenet_v2_esb_l01_s16p.pt", weights="IMAGENET1K_V1",
+           split_checkpoint="checkpoints/mobilenet_v2_esb_l01_s16p_e8.pt", weights="IMAGENET1K_V1",
            alternatives=tuple(f"checkpoints/mobilenet_v2_{s}.pt" for s in (
-               "esb_l01_s16p", "esb_l01_s8p", "esb_l01_s4p", "esb_l01_s8", "esb_l01_s4", "esb_l1", "esb_l03",
+               "esb_l01_s16p_e8", "esb_l01_s16p", "esb_l01_s8p", "esb_l01_s4p", "esb_l01_s8", "esb_l01_s4", "esb_l1", "esb_l03",
                "esb_l01", "esb_l003", "esb_l001", "block_c128", "block_c64", "block_c96", "gdn_c8"))),
     Recipe("mobilenet_v3_large", "mobilenet_v3_large", "features.6", 3, "uint8",
            "MobileNetV3-L ImageNet classifier; split at stride 8 (40 ch), bottleneck 3 ch, 8-bit"),

@@ -97,7 +97,7 @@ def test_a_recipe_builds_its_default_weights_when_cached_and_says_so(tmp_path, m
     cached.parent.mkdir(parents=True)
     torch.save(net.state_dict(), cached)
     sm, source = build("mobilenet_v2")
-    assert "mobilenet_v2_esb_l01_s16p.pt (head, bottleneck) over torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in source
+    assert "mobilenet_v2_esb_l01_s16p_e8.pt (head, bottleneck) over torchvision MobileNet_V2_Weights.IMAGENET1K_V1" in source
     assert sm.bottleneck.spec()["channels"] == 128 and sm.codec.name == "entropy"
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in sm.model.state_dict().items())
     plain, source = build("mobilenet_v2", weights="IMAGENET1K_V1")

@@ -33,7 +33,8 @@ def _close(a: dict, b: dict, what: str) -> None:
             assert torch.equal(a[k], b[k]), (what, k)
 
 
-@pytest.mark.parametrize("recipe", ["ssdlite300_mobilenet_v2_person", "mobilenet_v2", "fasterrcnn_mobilenet_v2_320_fpn"])
+@pytest.mark.parametrize("recipe", ["ssdlite300_mobilenet_v2_person", "mobilenet_v2", "fasterrcnn_mobilenet_v2_320_fpn",
+                                    "ssdlite320_mobilenet_v3_large", "mobilenet_v3_large", "resnet50"])
 def test_the_edge_form_computes_what_the_plain_model_does(recipe):
     model, _ = build(recipe)
     images = [load_image(p) for p in sorted(glob.glob(str(ROOT / "samples" / "people" / "*.jpg")))[:2]]
@@ -67,6 +68,28 @@ def test_only_a_norm_that_follows_a_convolution_in_eval_mode_is_folded():
     assert fold_batchnorm(net) == 1
     assert isinstance(net[0][1], torch.nn.Identity)
     assert torch.allclose(net(x), want, atol=1e-5)
+
+
+def test_resnet_pairs_fold_and_a_returned_layer_keeps_its_output():
+    """ResNet's blocks name their pairs (`conv1`/`bn1`); a detection body returns some layers' outputs."""
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    net = torchvision.models.resnet18(num_classes=10).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    want = net(x)
+    assert fold_batchnorm(net) == 20  # the stem, two per block of eight, three downsamples
+    assert not any(isinstance(m, NORMS) for m in net.modules())
+    assert torch.allclose(net(x), want, atol=1e-4)
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+    body = IntermediateLayerGetter(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4)).eval(), {"0": "conv"})
+    assert fold_batchnorm(body) == 0 and body["0"] is conv  # the body returns the convolution's own output
 
 
 def test_a_pair_the_stages_cut_apart_folds_unless_the_convolution_is_tapped():
@@ -124,3 +147,25 @@ def test_the_server_serves_the_edge_form_unless_told_plain():
     served = ServedModel(folded, source, "mobilenet_v2")
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
     _close(want, served.run(payload)[0], "served")
+
+
+def test_the_per_recipe_bench_prints_its_json_and_refuses_an_unknown_recipe(capsys):
+    """`bench/edge_form.py` (docs/scheduler.md's per-recipe table): one JSON object on stdout."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("edge_form_bench", ROOT / "bench" / "edge_form.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--recipes", "mobilenet_v3_large", "--repeat", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads(capsys.readouterr().out)
+    (row,) = out["recipes"]
+    assert row["recipe"] == "mobilenet_v3_large" and row["folded"] == 46 and out["torch_threads"] == 1
+    assert all(row[k]["plain_ms"] > 0 and row[k]["edge_ms"] > 0 for k in ("tail", "offload"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--recipes", "nope"])
+    assert exc.value.code == 2 and "unknown model 'nope'" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""The edge's form against the plain model, per recipe: `python bench/edge_form.py [--recipes A,B] [--repeat N]`.
+
+`split.fusion.edge_form` folds BatchNorm into the convolutions and lays the weights out
+channels-last; `bench/throughput.py --compare-plain` measures what that buys a whole server on
+the default recipe. This measures it per recipe, in one process: the tail of a split frame and
+the full model of an offload frame (`SplitModel.decode_message`, what the edge computes), of a
+real image (`samples/people`), on a plain model and on a second one, built alike, in the edge's
+form, one torch thread, the two interleaved call by call so the machine's noise hits both alike. Printed, as one
+JSON object::
+
+    {"recipes": [{"recipe": ..., "folded": N, "tail": {"plain_ms": ..., "edge_ms": ..., "speedup": ...},
+                  "offload": {...}}, ...], "repeat": N, "torch_threads": 1}
+
+Weights are the recipe's where they are installed (the default's and MobileNetV2's), else the
+architecture's random initialisation: the arithmetic, and so the time, is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+IMAGE = ROOT / "samples" / "people" / "000000000389.jpg"
+DEFAULT = "ssdlite300_mobilenet_v2_person,mobilenet_v2,mobilenet_v3_large,resnet50,fasterrcnn_mobilenet_v2_320_fpn"
+
+
+def _interleaved(plain, edge, payload, repeat: int) -> dict:
+    times: dict[str, list[float]] = {"plain": [], "edge": []}
+    for model in (plain, edge):  # first-call costs out of the way
+        model.decode_message(payload)
+    for _ in range(repeat):
+        for key, model in (("plain", plain), ("edge", edge)):
+            t0 = time.perf_counter()
+            model.decode_message(payload)
+            times[key].append((time.perf_counter() - t0) * 1e3)
+    p, e = statistics.median(times["plain"]), statistics.median(times["edge"])
+    return {"plain_ms": round(p, 2), "edge_ms": round(e, 2), "speedup": round(p / e, 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", default=DEFAULT, help="comma-separated recipe names (splitedge models)")
+    p.add_argument("--repeat", type=int, default=20, help="timed calls of each form per frame kind (1..1000)")
+    args = p.parse_args(argv)
+    if not 1 <= args.repeat <= 1000:
+        p.error("--repeat must be in 1..1000")
+    import torch
+
+    from split.fusion import edge_form
+    from split.images import load_image
+    from split.recipes import build
+
+    torch.set_num_threads(1)
+    image = load_image(IMAGE)
+    rows = []
+    for name in args.recipes.split(","):
+        try:
+            plain, edge = build(name.strip())[0], build(name.strip())[0]  # the same weights (seeded)
+        except (KeyError, ValueError) as exc:
+            p.error(f"--recipes: {exc.args[0] if exc.args else exc}")
+        folded = edge_form(edge)
+        split_frame, offload_frame = plain.encode_message(image), plain.encode_image(image, 90)
+        with torch.inference_mode():
+            rows.append({"recipe": plain.name, "folded": folded,
+                         "tail": _interleaved(plain, edge, split_frame, args.repeat),
+                         "offload": _interleaved(plain, edge, offload_frame, args.repeat)})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(json.dumps({"recipes": rows, "repeat": args.repeat, "torch_threads": torch.get_num_threads()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
