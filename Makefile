@@ -1,5 +1,7 @@
 # The two commands a newcomer runs: `make demo` and `make test`. Each creates .venv when missing.
 SHELL := /bin/bash
+# pipefail: a bench piped into tee fails its target when the bench fails
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python

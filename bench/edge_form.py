@@ -8,11 +8,14 @@ real image (`samples/people`), on a plain model and on a second one, built alike
 form, one torch thread, the two interleaved call by call so the machine's noise hits both alike. Printed, as one
 JSON object::
 
-    {"recipes": [{"recipe": ..., "folded": N, "tail": {"plain_ms": ..., "edge_ms": ..., "speedup": ...},
-                  "offload": {...}}, ...], "repeat": N, "torch_threads": 1}
+    {"recipes": [{"recipe": ..., "weights": ..., "folded": N,
+                  "tail": {"plain_ms": ..., "edge_ms": ..., "speedup": ...}, "offload": {...}}, ...],
+     "repeat": N, "torch_threads": 1}
 
-Weights are the recipe's where they are installed (the default's and MobileNetV2's), else the
-architecture's random initialisation: the arithmetic, and so the time, is the same.
+Weights are what `build` gives (`weights` says which): the recipe's where they are installed (the
+default's, Faster R-CNN's, MobileNetV2's after `make weights`), else random initialisation. The
+convolutions cost the same either way; a detector's box decoding and NMS do not (they depend on
+how many boxes score), so compare a detector's rows only across runs with the same weights.
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ DEFAULT = "ssdlite300_mobilenet_v2_person,mobilenet_v2,mobilenet_v3_large,resnet
 
 def _interleaved(plain, edge, payload, repeat: int) -> dict:
     times: dict[str, list[float]] = {"plain": [], "edge": []}
-    for model in (plain, edge):  # first-call costs out of the way
+    pair = [("plain", plain), ("edge", edge)]
+    for _, model in pair:  # first-call costs out of the way
         model.decode_message(payload)
-    for _ in range(repeat):
-        for key, model in (("plain", plain), ("edge", edge)):
+    for i in range(repeat):
+        for key, model in pair if i % 2 == 0 else pair[::-1]:  # each goes first half the time
             t0 = time.perf_counter()
             model.decode_message(payload)
             times[key].append((time.perf_counter() - t0) * 1e3)
@@ -50,28 +54,42 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 1 <= args.repeat <= 1000:
         p.error("--repeat must be in 1..1000")
+    from split.recipes import build, get_recipe
+    from split.weights import WeightsError
+
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    for name in names:  # every name before any build
+        try:
+            get_recipe(name)
+        except KeyError as exc:
+            p.error(f"--recipes: {exc.args[0]}")
     import torch
 
     from split.fusion import edge_form
     from split.images import load_image
-    from split.recipes import build
 
-    torch.set_num_threads(1)
     image = load_image(IMAGE)
     rows = []
-    for name in args.recipes.split(","):
-        try:
-            plain, edge = build(name.strip())[0], build(name.strip())[0]  # the same weights (seeded)
-        except (KeyError, ValueError) as exc:
-            p.error(f"--recipes: {exc.args[0] if exc.args else exc}")
-        folded = edge_form(edge)
-        split_frame, offload_frame = plain.encode_message(image), plain.encode_image(image, 90)
-        with torch.inference_mode():
-            rows.append({"recipe": plain.name, "folded": folded,
-                         "tail": _interleaved(plain, edge, split_frame, args.repeat),
-                         "offload": _interleaved(plain, edge, offload_frame, args.repeat)})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(json.dumps({"recipes": rows, "repeat": args.repeat, "torch_threads": torch.get_num_threads()}, indent=1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in names:
+            try:
+                (plain, source), (edge, _) = build(name), build(name)  # the same weights (seeded)
+            except (ValueError, WeightsError) as exc:
+                p.error(f"--recipes: {name}: {exc}")
+            folded = edge_form(edge)
+            split_frame, offload_frame = plain.encode_message(image), plain.encode_image(image, 90)
+            if split_frame is None:
+                p.error(f"--recipes: {name}: its prefilter drops {IMAGE.name}, so there is no split frame to time")
+            with torch.inference_mode():
+                rows.append({"recipe": plain.name, "weights": source, "folded": folded,
+                             "tail": _interleaved(plain, edge, split_frame, args.repeat),
+                             "offload": _interleaved(plain, edge, offload_frame, args.repeat)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        print(json.dumps({"recipes": rows, "repeat": args.repeat, "torch_threads": 1}, indent=1))
+    finally:
+        torch.set_num_threads(threads)
     return 0
 
 

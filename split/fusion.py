@@ -10,8 +10,7 @@ with it (1.29-1.50x at 1 and 4 clients, 1.10-1.13x at 16).
 
 The function is the same to float tolerance (a fold changes rounding, not what is computed:
 `tests/test_fusion.py` compares six recipes' outputs: SSDLite v2 and v3, three classifiers, Faster
-R-CNN). Only
-the edge runs this form: the head stays the plain network (`edge_form` gives it its own copy), so
+R-CNN). Only the edge runs this form: the head stays the plain network (`edge_form` gives it its own copy), so
 its bytes are those of the exported head and the lean client's.
 """
 
@@ -45,7 +44,9 @@ def fold_batchnorm(module: nn.Module) -> int:
     Sequential or of torchvision's `IntermediateLayerGetter` (a detection backbone's body, whose
     returned layers keep their output), and the named pairs of torchvision's ResNet and its blocks
     (`conv1`/`bn1`, ...), whose forward is fixed; the ResNet backbones' convolutions are almost all
-    in such pairs."""
+    in such pairs. A folded convolution is a new module in its slot: a convolution shared with
+    another container keeps its weights there, and hooks on the old pair do not follow (the
+    served networks register none)."""
     if isinstance(module, (nn.Sequential, IntermediateLayerGetter)):
         kept = set(getattr(module, "return_layers", ()))  # a returned layer's own output is read
         names = list(module._modules)

@@ -29,9 +29,11 @@ def _free_port() -> int:
 
 
 def _lines(path) -> list[dict]:
+    """The complete lines so far: the client may be half-way through writing the last one."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def _wait_lines(path, n: int, proc, timeout: float = 120) -> None:

@@ -91,6 +91,20 @@ def test_resnet_pairs_fold_and_a_returned_layer_keeps_its_output():
     body = IntermediateLayerGetter(torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4)).eval(), {"0": "conv"})
     assert fold_batchnorm(body) == 0 and body["0"] is conv  # the body returns the convolution's own output
 
+    # a detection backbone's body: FrozenBatchNorm2d, two returned layers; the stem's pair is its children
+    net = torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+    body = IntermediateLayerGetter(net, {"layer1": "0", "layer3": "1"})
+    want = body(x)
+    assert fold_batchnorm(body) == 1 + 2 * 6 + 2 and not any(isinstance(m, NORMS) for m in body.modules())
+    got = body(x)
+    assert all(torch.allclose(got[k], want[k], atol=1e-4) for k in want)
+
 
 def test_a_pair_the_stages_cut_apart_folds_unless_the_convolution_is_tapped():
     def chain():
@@ -158,14 +172,14 @@ def test_the_per_recipe_bench_prints_its_json_and_refuses_an_unknown_recipe(caps
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
-    try:
-        assert bench.main(["--recipes", "mobilenet_v3_large", "--repeat", "1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert bench.main(["--recipes", "mobilenet_v3_large", "--repeat", "1"]) == 0
+    assert torch.get_num_threads() == threads  # the bench's one thread is not left behind
     out = json.loads(capsys.readouterr().out)
     (row,) = out["recipes"]
     assert row["recipe"] == "mobilenet_v3_large" and row["folded"] == 46 and out["torch_threads"] == 1
+    assert row["weights"].startswith("random init")  # no ImageNet file for V3 here: the row says so
     assert all(row[k]["plain_ms"] > 0 and row[k]["edge_ms"] > 0 for k in ("tail", "offload"))
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--recipes", "nope"])
+        bench.main(["--recipes", "mobilenet_v3_large,nope"])  # refused before anything is built
     assert exc.value.code == 2 and "unknown model 'nope'" in capsys.readouterr().err
+    assert torch.get_num_threads() == threads
