@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     from split.weights import WeightsError
 
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    if not names:
+        p.error("--recipes: no recipe named (splitedge models lists them)")
     for name in names:  # every name before any build
         try:
             get_recipe(name)
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                              "tail": _interleaved(plain, edge, split_frame, args.repeat),
                              "offload": _interleaved(plain, edge, offload_frame, args.repeat)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-        print(json.dumps({"recipes": rows, "repeat": args.repeat, "torch_threads": 1}, indent=1))
+        print(json.dumps({"recipes": rows, "repeat": args.repeat, "torch_threads": torch.get_num_threads()},
+                         indent=1))
     finally:
         torch.set_num_threads(threads)
     return 0

@@ -163,7 +163,7 @@ def test_the_server_serves_the_edge_form_unless_told_plain():
     _close(want, served.run(payload)[0], "served")
 
 
-def test_the_per_recipe_bench_prints_its_json_and_refuses_an_unknown_recipe(capsys):
+def test_the_per_recipe_bench_prints_its_json_and_refuses_an_unknown_recipe(capsys, monkeypatch):
     """`bench/edge_form.py` (docs/scheduler.md's per-recipe table): one JSON object on stdout."""
     import importlib.util
     import json
@@ -177,9 +177,20 @@ def test_the_per_recipe_bench_prints_its_json_and_refuses_an_unknown_recipe(caps
     out = json.loads(capsys.readouterr().out)
     (row,) = out["recipes"]
     assert row["recipe"] == "mobilenet_v3_large" and row["folded"] == 46 and out["torch_threads"] == 1
-    assert row["weights"].startswith("random init")  # no ImageNet file for V3 here: the row says so
+    assert row["weights"].startswith("random init")  # the recipe names no weights: the row says so
     assert all(row[k]["plain_ms"] > 0 and row[k]["edge_ms"] > 0 for k in ("tail", "offload"))
     with pytest.raises(SystemExit) as exc:
         bench.main(["--recipes", "mobilenet_v3_large,nope"])  # refused before anything is built
     assert exc.value.code == 2 and "unknown model 'nope'" in capsys.readouterr().err
+
+    import split.recipes
+    from split.weights import WeightsError
+
+    def broken(name, **kw):
+        raise WeightsError("checkpoints/x.pt was made with another compressai")
+
+    monkeypatch.setattr(split.recipes, "build", broken)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--recipes", "mobilenet_v3_large"])  # fails after the bench took one thread
+    assert exc.value.code == 2 and "mobilenet_v3_large: checkpoints/x.pt was made" in capsys.readouterr().err
     assert torch.get_num_threads() == threads
