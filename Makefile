@@ -1,8 +1,9 @@
 # The two commands a newcomer runs: `make demo` and `make test`. Each creates .venv when missing.
 SHELL := /bin/bash
-# pipefail: a bench piped into tee fails its target when the bench fails; each tees into FILE.part and
-# moves it over FILE only when the bench succeeded, so a failed run leaves the committed result alone
+# pipefail: a bench piped into tee fails its target when the bench fails; `| $(call keep,FILE)` tees into
+# FILE.part and moves it over FILE only when the bench succeeded, so a failed run leaves the committed result alone
 .SHELLFLAGS := -o pipefail -c
+keep = tee $(1).part && mv $(1).part $(1)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -48,31 +49,30 @@ fuzz: $(STAMP)
 # The load bench: 1, 4 and 16 client processes for 60 s each against a real server, one JSON file each.
 load: $(STAMP)
 	mkdir -p results/load
-	for n in 1 4 16; do $(PY) bench/load.py --clients $$n --seconds 60 | tee results/load/clients-$$n.json.part \
-	  && mv results/load/clients-$$n.json.part results/load/clients-$$n.json || exit 1; done
+	for n in 1 4 16; do $(PY) bench/load.py --clients $$n --seconds 60 | $(call keep,results/load/clients-$$n.json) || exit 1; done
 
 # Framework overhead: the splitedge servicer with a no-op model against a bare grpc.aio stream, 1/10/100 KB.
 overhead: $(STAMP)
 	mkdir -p results/overhead
-	$(PY) bench/overhead.py | tee results/overhead/overhead.json.part && mv results/overhead/overhead.json.part results/overhead/overhead.json
+	$(PY) bench/overhead.py | $(call keep,results/overhead/overhead.json)
 
 # Batching on and off: 1, 4 and 16 client processes against two real servers, then the curve that chose
 # the scheduler's defaults (batch size vs the default tail's frames/s); JSON and PNGs in results/throughput.
 throughput: $(STAMP)
 	mkdir -p results/throughput
-	$(PY) bench/throughput.py --clients 1,4,16 --seconds 20 | tee results/throughput/throughput.json.part && mv results/throughput/throughput.json.part results/throughput/throughput.json
+	$(PY) bench/throughput.py --clients 1,4,16 --seconds 20 | $(call keep,results/throughput/throughput.json)
 	$(PY) bench/throughput.py --curve --seconds 5 > /dev/null
 
 # The Ray Serve backend against the in-process server at 16 clients, 1 and 2 replicas (docs/ray.md).
 ray-throughput: $(STAMP)
 	mkdir -p results/throughput
-	$(PY) bench/throughput.py --backend ray --replicas 1,2 --clients 16 --seconds 20 | tee results/throughput/ray.json.part && mv results/throughput/ray.json.part results/throughput/ray.json
+	$(PY) bench/throughput.py --backend ray --replicas 1,2 --clients 16 --seconds 20 | $(call keep,results/throughput/ray.json)
 
 # The edge's form (BatchNorm folded, channels-last) against the plain model, per recipe, one thread, in one
 # process (~1 min; docs/scheduler.md), into results/edge-form/edge-form.json.
 edge-form: $(STAMP)
 	mkdir -p results/edge-form
-	$(PY) bench/edge_form.py --repeat 50 | tee results/edge-form/edge-form.json.part && mv results/edge-form/edge-form.json.part results/edge-form/edge-form.json
+	$(PY) bench/edge_form.py --repeat 50 | $(call keep,results/edge-form/edge-form.json)
 
 # A pipelined device: the real client against a real server behind the link emulator, off and on (~4 min;
 # docs/pipeline.md), into results/pipeline/pipeline.json.

@@ -10,8 +10,8 @@ with it (1.29-1.50x at 1 and 4 clients, 1.10-1.13x at 16).
 
 The function is the same to float tolerance (a fold changes rounding, not what is computed:
 `tests/test_fusion.py` compares six recipes' outputs: SSDLite v2 and v3, three classifiers, Faster
-R-CNN). Only the edge runs this form: the head stays the plain network (`edge_form` gives it its own copy), so
-its bytes are those of the exported head and the lean client's.
+R-CNN). Only the edge runs this form: the head stays the plain network (`edge_form` gives it its own
+copy), so its bytes are those of the exported head and the lean client's.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def fold_batchnorm(module: nn.Module) -> int:
         names = list(module._modules)
         pairs = [(a, b) for a, b in zip(names, names[1:]) if a not in kept]
     else:
-        pairs = [pair for kind, known in _NAMED_PAIRS.items() if type(module) is kind for pair in known]
+        pairs = _NAMED_PAIRS.get(type(module), ())  # the exact class: a subclass may run them otherwise
     folded = 0
     for a, b in pairs:
         fused = _fused(module._modules.get(a), module._modules.get(b))

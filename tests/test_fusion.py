@@ -23,6 +23,19 @@ from tests.conftest import ROOT
 NORMS = (torch.nn.BatchNorm2d, FrozenBatchNorm2d)
 
 
+def _moved_statistics(net: torch.nn.Module, scale: bool = False) -> torch.nn.Module:
+    """Every norm's running statistics (and with `scale` its weight) away from the identity a fresh
+    norm is, so that a fold that drops or misplaces one shows in the outputs."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, NORMS):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                if scale:
+                    m.weight.uniform_(0.5, 1.5)
+    return net
+
+
 def _close(a: dict, b: dict, what: str) -> None:
     assert a.keys() == b.keys(), what
     for k in a:
@@ -59,10 +72,8 @@ def test_only_a_norm_that_follows_a_convolution_in_eval_mode_is_folded():
     assert fold_batchnorm(torch.nn.Sequential(trained)) == 0  # training mode: its statistics still move
     norm_first = torch.nn.Sequential(torch.nn.BatchNorm2d(3), torch.nn.Conv2d(3, 4, 1)).eval()
     assert fold_batchnorm(torch.nn.Sequential(norm_first)) == 0
-    net = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4))).eval()
-    with torch.no_grad():
-        net[0][1].running_mean.uniform_(-1, 1)
-        net[0][1].running_var.uniform_(0.5, 2)
+    net = _moved_statistics(torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1),
+                                                                    torch.nn.BatchNorm2d(4))).eval())
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     want = net(x)
     assert fold_batchnorm(net) == 1
@@ -75,12 +86,7 @@ def test_resnet_pairs_fold_and_a_returned_layer_keeps_its_output():
     import torchvision
     from torchvision.models._utils import IntermediateLayerGetter
 
-    net = torchvision.models.resnet18(num_classes=10).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
+    net = _moved_statistics(torchvision.models.resnet18(num_classes=10).eval())
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     want = net(x)
     assert fold_batchnorm(net) == 20  # the stem, two per block of eight, three downsamples
@@ -92,13 +98,7 @@ def test_resnet_pairs_fold_and_a_returned_layer_keeps_its_output():
     assert fold_batchnorm(body) == 0 and body["0"] is conv  # the body returns the convolution's own output
 
     # a detection backbone's body: FrozenBatchNorm2d, two returned layers; the stem's pair is its children
-    net = torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, FrozenBatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
+    net = _moved_statistics(torchvision.models.resnet18(norm_layer=FrozenBatchNorm2d).eval(), scale=True)
     body = IntermediateLayerGetter(net, {"layer1": "0", "layer3": "1"})
     want = body(x)
     assert fold_batchnorm(body) == 1 + 2 * 6 + 2 and not any(isinstance(m, NORMS) for m in body.modules())
@@ -108,11 +108,8 @@ def test_resnet_pairs_fold_and_a_returned_layer_keeps_its_output():
 
 def test_a_pair_the_stages_cut_apart_folds_unless_the_convolution_is_tapped():
     def chain():
-        net = torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU()]).eval()
-        with torch.no_grad():
-            net[1].running_mean.uniform_(-1, 1)
-            net[1].running_var.uniform_(0.5, 2)
-        return net
+        return _moved_statistics(torch.nn.ModuleList([torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4),
+                                                      torch.nn.ReLU()]).eval())
 
     x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     run = lambda net: net[2](net[1](net[0](x)))  # noqa: E731
@@ -129,12 +126,7 @@ def test_a_head_that_shares_its_layers_with_the_network_stays_plain():
 
     from split import split
 
-    net = torchvision.models.mobilenet_v2(num_classes=10).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)
-                m.running_var.uniform_(0.5, 2)
+    net = _moved_statistics(torchvision.models.mobilenet_v2(num_classes=10).eval())
     model = split(net, "features.3")  # float32 on the wire: any change to the head's arithmetic shows in the bytes
     image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
     want, plain = model.encode_message(image), model.full(image)
