@@ -95,7 +95,8 @@ RECIPES: tuple[Recipe, ...] = (
            "`make weights`); split at stride 8 (32 ch), distilled bottleneck 6 ch, entropy-coded (learned prior)",
            converted="split.models.convert_tf", split_checkpoint="checkpoints/ssdlite_person_esb_l3.pt",
            alternatives=tuple(f"checkpoints/ssdlite_person_{s}.pt" for s in (
-               "esb_l3", "esb_l12_e2", "esb_l15", "esb_l1", "esb_l03", "es_l1", "f6_c6", "f6_c3", "f6_c8", "f13_c12", "f6_c6_pf"))),
+               "esb_l3", "esb_l12_e2", "esb_l15", "esb_l1", "esb_l03", "es_l1", "esb_f1_l03", "f1_b24", "f6_c6", "f6_c3", "f6_c8",
+               "f13_c12", "f6_c6_pf"))),
     # The previous default (person AP ~0.05: fine-tuned here on 72 images); kept because the controller's
     # out-of-sample evaluation (scripts/controller_eval.py, docs/controller.md) is measured on its profile.
     Recipe("fasterrcnn_mobilenet_v2_320_fpn", "fasterrcnn_mobilenet_v2_320_fpn", "backbone.body.6", 6, "uint8",

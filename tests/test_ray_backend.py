@@ -25,7 +25,7 @@ import torch
 
 from edge_server import BatchOptions, ServedModel, ServerOptions
 from edge_server.cli import _options, _parser
-from edge_server.ray_backend import RayServedModel, ReplicaError, _Batch, _reply, _Reply
+from edge_server.ray_backend import ModelSpec, RayBackend, RayOptions, RayServedModel, ReplicaError, _Batch, _reply, _Reply
 from protos import splitedge_pb2 as pb
 from protos import splitedge_pb2_grpc as pb_grpc
 from split import PayloadMismatch
@@ -81,6 +81,16 @@ def test_importing_the_edge_server_loads_no_ray():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_scheduler_keeps_a_batch_waiting_in_each_replica_thread():
+    """Two batches in flight per replica thread (one computing, one waiting: no idle trip between the
+    processes after each batch, docs/ray.md); the server's scheduler gets that many workers."""
+    for replicas, threads in ((1, 2), (2, 1), (3, 4)):
+        backend = RayBackend([ModelSpec(MODEL)], RayOptions(replicas=replicas, threads=threads))
+        assert backend.workers == 2 * replicas * threads
+        assert backend.server_options(ServerOptions()).batching.workers == 2 * replicas * threads
+        assert f"{2 * replicas * threads} batches in flight" in backend.describe()
 
 
 def test_a_replica_reports_each_frames_failure_as_its_own():
