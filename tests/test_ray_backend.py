@@ -83,14 +83,31 @@ def test_importing_the_edge_server_loads_no_ray():
     assert done.stdout.strip() == "[]"
 
 
+class _FakeDeployment:
+    """Stands for `serve.deployment(TailReplica)`: records the options `RayBackend` gives it."""
+
+    def __init__(self) -> None:
+        self.options_given: dict = {}
+
+    def options(self, **kw):
+        self.options_given = kw
+        return self
+
+
 def test_the_scheduler_keeps_a_batch_waiting_in_each_replica_thread():
     """Two batches in flight per replica thread (one computing, one waiting: no idle trip between the
-    processes after each batch, docs/ray.md); the server's scheduler gets that many workers."""
+    processes after each batch, docs/ray.md): the server's scheduler sends that many, and the
+    replicas together admit exactly that many (Serve would queue the rest in the caller)."""
     for replicas, threads in ((1, 2), (2, 1), (3, 4)):
         backend = RayBackend([ModelSpec(MODEL)], RayOptions(replicas=replicas, threads=threads))
-        assert backend.workers == 2 * replicas * threads
-        assert backend.server_options(ServerOptions()).batching.workers == 2 * replicas * threads
-        assert f"{2 * replicas * threads} batches in flight" in backend.describe()
+        deployment = _FakeDeployment()
+        serve = type("Serve", (), {"deployment": staticmethod(lambda cls: deployment)})
+        ray = type("Ray", (), {"cluster_resources": staticmethod(lambda: {"CPU": 2.0})})
+        backend._deployment(serve, ray)
+        sent = backend.server_options(ServerOptions()).batching.workers
+        assert sent == backend.workers == 2 * replicas * threads
+        assert deployment.options_given["num_replicas"] * deployment.options_given["max_ongoing_requests"] == sent
+        assert f"{sent} batches in flight" in backend.describe()
 
 
 def test_a_replica_reports_each_frames_failure_as_its_own():

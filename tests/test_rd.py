@@ -190,3 +190,33 @@ def test_framing_of_the_shipped_8bit_checkpoints_is_small():
     assert [r["setting"] for r in rows] == list(SHIPPED_8BIT) and {r["method"] for r in rows} == {"8bit"}
     for r in rows:
         assert r["payload_data_bytes_median"] < r["bytes_median"] <= 1.03 * r["payload_data_bytes_median"] + 64, r
+
+
+def test_the_shipped_early_split_runs_features_0_1_and_one_convolution_on_the_device():
+    """The early split (`ssdlite_person_esb_f1_l03.pt`, docs/entropic.md §4) by its checkpoint: the
+    device holds the first two backbone blocks and a single strided convolution, the frame names
+    `features.1`, its entropy-coded bytes are what `rd.csv` reports (~1.3 KB, not the 8-bit code's
+    34.7 KB), and the edge decodes them to detections with their own shape and validation."""
+    from bottlenecks import EntropicStudent
+    from edge_server.validation import ModelLimits, check_payload
+    from protos import splitedge_pb2 as pb
+    from split.images import load_image
+    from split.recipes import build
+    from split.models.convert_tf import cached_checkpoint, checkpoint_path
+
+    if cached_checkpoint() is None:
+        pytest.skip(f"converted SSDLite weights not cached ({checkpoint_path()}): run `make weights`")
+    sm, _ = build("ssdlite300_mobilenet_v2_person", checkpoint=ROOT / "checkpoints" / "ssdlite_person_esb_f1_l03.pt")
+    st = sm.bottleneck
+    assert isinstance(st, EntropicStudent) and (st.split_kind, st.channels, st.downsample) == ("block", 24, 2)
+    assert sm.at == "backbone.features.1"
+    convs = [m for m in st.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 1 and convs[0].stride == (4, 4)
+    image = load_image(ROOT / "samples" / "people" / "000000000389.jpg")
+    payload = sm.encode([image])[0]
+    msg = pb.Payload.FromString(payload)
+    assert msg.split_point == "backbone.features.1" and msg.tensor.codec == "entropy"
+    assert 500 < len(payload) < 3000, len(payload)
+    check_payload(msg, ModelLimits.of(sm))
+    out = sm.decode(payload)
+    assert out["boxes"].shape[1] == 4 and len(out["boxes"]) == len(out["scores"]) == len(out["labels"])
