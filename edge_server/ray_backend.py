@@ -6,8 +6,8 @@ every byte it receives is made by the same code. Only where a batch computes cha
 registry serves :class:`RayServedModel`, whose ``run_batch`` sends the batch to the model's
 deployment handle instead of running it in this process, and the scheduler keeps two batches in
 flight per replica compute thread (``2 x replicas x threads``): one computing, one waiting in the
-replica, so no thread idles for the trip between the processes after each batch. Ray Serve routes each batch
-to one of ``--replicas`` replicas (processes of a Ray cluster, here or on other machines). Each
+replica, so no thread idles for the trip between the processes after each batch. Ray Serve routes
+each batch to one of ``--replicas`` replicas (processes of a Ray cluster, here or on other machines). Each
 replica (:class:`TailReplica`) builds the model from its recipe name (plus ``--weights`` /
 ``--checkpoint``), one torch thread per compute thread, and runs what reaches it through
 ``@serve.batch`` (``batch_size_fn``: frames, so batches from several callers, e.g. several
@@ -327,7 +327,8 @@ class RayBackend:
         return serve.deployment(TailReplica).options(
             name=_DEPLOYMENT, num_replicas=self.options.replicas, ray_actor_options={"num_cpus": per_replica},
             # the batches the scheduler keeps in flight to this replica (`workers`): one computing, one waiting
-            max_ongoing_requests=_CALLS_PER_THREAD * self.threads, max_constructor_retry_count=1, logging_config=_QUIET)
+            max_ongoing_requests=_CALLS_PER_THREAD * self.threads, max_constructor_retry_count=1,
+            logging_config=_QUIET)
 
     def _delete_apps(self) -> None:
         from ray import serve

@@ -174,15 +174,21 @@ COCO_IMAGES = shared_data() / "images" / "coco128" / "train2017"
 SHIPPED_8BIT = ("ssdlite_person_f6_c3", "ssdlite_person_f6_c6", "ssdlite_person_f6_c8", "ssdlite_person_f13_c12")
 
 
+def _need_converted_ssdlite() -> None:
+    """Skip, saying why, where `make weights` has not converted the shipped checkpoints' network."""
+    from split.models.convert_tf import cached_checkpoint, checkpoint_path
+
+    if cached_checkpoint() is None:
+        pytest.skip(f"converted SSDLite weights not cached ({checkpoint_path()}): run `make weights`")
+
+
 def test_framing_of_the_shipped_8bit_checkpoints_is_small():
     """A Frame of a shipped 8-bit split costs at most 3 % + 64 B over its tensor's bytes."""
-    from split.models.convert_tf import cached_checkpoint, checkpoint_path
     from split.train.rd import rate_accuracy
 
     if not COCO_IMAGES.is_dir():
         pytest.skip(f"shared COCO images not at {COCO_IMAGES} (set SPLITEDGE_DATA)")
-    if cached_checkpoint() is None:
-        pytest.skip(f"converted SSDLite weights not cached ({checkpoint_path()}): run `make weights`")
+    _need_converted_ssdlite()
     ckpts = [str(ROOT / "checkpoints" / f"{name}.pt") for name in SHIPPED_8BIT]
     result = rate_accuracy("ssdlite300_mobilenet_v2_person", COCO_IMAGES, ckpts, qualities=(50,), limit=2,
                            progress=False)
@@ -195,17 +201,15 @@ def test_framing_of_the_shipped_8bit_checkpoints_is_small():
 def test_the_shipped_early_split_runs_features_0_1_and_one_convolution_on_the_device():
     """The early split (`ssdlite_person_esb_f1_l03.pt`, docs/entropic.md §4) by its checkpoint: the
     device holds the first two backbone blocks and a single strided convolution, the frame names
-    `features.1`, its entropy-coded bytes are what `rd.csv` reports (~1.3 KB, not the 8-bit code's
-    34.7 KB), and the edge decodes them to detections with their own shape and validation."""
+    `features.1`, its payload is entropy-coded at the size `rd.csv` reports (~1.3 KB, not the 8-bit
+    code's 34.7 KB), and the edge validates it and decodes it to detections."""
     from bottlenecks import EntropicStudent
     from edge_server.validation import ModelLimits, check_payload
     from protos import splitedge_pb2 as pb
     from split.images import load_image
     from split.recipes import build
-    from split.models.convert_tf import cached_checkpoint, checkpoint_path
 
-    if cached_checkpoint() is None:
-        pytest.skip(f"converted SSDLite weights not cached ({checkpoint_path()}): run `make weights`")
+    _need_converted_ssdlite()
     sm, _ = build("ssdlite300_mobilenet_v2_person", checkpoint=ROOT / "checkpoints" / "ssdlite_person_esb_f1_l03.pt")
     st = sm.bottleneck
     assert isinstance(st, EntropicStudent) and (st.split_kind, st.channels, st.downsample) == ("block", 24, 2)
