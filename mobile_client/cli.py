@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90, metavar="Q")
     p.add_argument("--checkpoint", metavar="FILE")
     p.add_argument("--weights", metavar="ENUM")
+    p.add_argument("--plain-model", action="store_true",
+                   help="torch runtime: run the network as built, no BatchNorm folded, no channels-last (about 2x "
+                        "slower here, docs/device-form.md)")
     p.add_argument("--limit", type=int, help="stop after N frames")
     p.add_argument("--loop", type=int, default=1, metavar="N", help="go over an image folder or video N times")
     p.add_argument("--device-profile", metavar="P.json",
@@ -182,6 +185,8 @@ def _device(args: argparse.Namespace) -> tuple[Any, Any, str]:
             raise ValueError("--runtime onnx needs --bundle DIR (`splitedge export --format onnx --out DIR` writes one)")
         if args.checkpoint or args.weights:
             raise ValueError("--checkpoint and --weights are the torch runtime's: a bundle holds its own weights")
+        if args.plain_model:
+            raise ValueError("--plain-model is the torch runtime's: onnxruntime makes its own fold of a bundle")
         from mobile_client.onnx_device import OnnxDevice
 
         device = OnnxDevice(args.bundle, jpeg_quality=args.jpeg_quality, device_slowdown=args.device_slowdown)
@@ -199,7 +204,11 @@ def _device(args: argparse.Namespace) -> tuple[Any, Any, str]:
         model, weights = build(name, weights=args.weights, checkpoint=args.checkpoint)
     except WeightsError as exc:
         raise ValueError(str(exc)) from None
-    return model, None, f"weights {weights}"
+    if not args.plain_model:
+        from split.fusion import device_form
+
+        device_form(model)
+    return model, None, f"weights {weights}" + (", the network as built" if args.plain_model else "")
 
 
 def _edge_client(args) -> EdgeClient:

@@ -71,6 +71,9 @@ def _profile(argv: list[str]) -> int:
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--checkpoint")
     p.add_argument("--weights")
+    p.add_argument("--plain-model", action="store_true",
+                   help="time the network as built instead of the form `splitedge run` runs (BatchNorm folded, "
+                        "channels-last: split.fusion.device_form)")
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -87,10 +90,16 @@ def _profile(argv: list[str]) -> int:
     if built is None:
         return 2
     model, source = built
-    print(f"profile {args.model}: weights {source}", file=sys.stderr)
+    if not args.plain_model:
+        from split.fusion import device_form
+
+        device_form(model)
+    form = "plain" if args.plain_model else "device"
+    print(f"profile {args.model}: weights {source}, {form} form", file=sys.stderr)
     bar = tqdm(total=len(sizes) * 4, desc="profile", unit="image", file=sys.stderr)
     prof = profile_model(model, sizes, args.images, args.repeat, args.jpeg_quality, progress=lambda _: bar.update())
     bar.close()
+    prof["form"] = form  # which form was timed; older profiles, without the field, timed the plain network
     if args.device_slowdown != 1.0:
         prof = scale_profile(prof, args.device_slowdown)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

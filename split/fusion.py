@@ -10,8 +10,11 @@ with it (1.29-1.50x at 1 and 4 clients, 1.10-1.13x at 16).
 
 The function is the same to float tolerance (a fold changes rounding, not what is computed:
 `tests/test_fusion.py` compares six recipes' outputs: SSDLite v2 and v3, three classifiers, Faster
-R-CNN). Only the edge runs this form: the head stays the plain network (`edge_form` gives it its own
-copy), so its bytes are those of the exported head and the lean client's.
+R-CNN). `edge_form` keeps the head the plain network (it gives it its own copy), so what the edge
+encodes is what the exported head gives. `device_form` is the same fold for a torch device: its head
+and its local model too (a device pays for BatchNorm and NCHW as the edge does: the default's head
+and whole model ran about 2 x faster in it, docs/device-form.md); ONNX Runtime makes the same
+fold on the lean device, and the bytes the two send agree but for a rare rounding at a bin's edge.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["edge_form", "fold_batchnorm", "fold_chain"]
+__all__ = ["device_form", "edge_form", "fold_batchnorm", "fold_chain"]
 
 # modules whose forward runs each of these (convolution, norm) pairs back to back (torchvision's source)
 _NAMED_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
@@ -106,5 +109,24 @@ def edge_form(model) -> int:
     folded = fold_batchnorm(model.model)
     folded += fold_chain(model.tail.chain.blocks, model.tail.chain.taps)
     for m in (model.model, model.tail):
+        m.to(memory_format=torch.channels_last)
+    return folded
+
+
+def device_form(model) -> int:
+    """Put a `SplitModel` in a torch device's form, in place; returns the BatchNorms folded. Call it once,
+    after loading its checkpoint, never on a model that trains.
+
+    As `edge_form`, and the head's stages too: the network (local mode, and a hedged run's resume),
+    then each chain's own pairs (a checkpoint's head is its own modules, not the network's). A head
+    made of the network's modules folds with it in place and stays those modules, so a hedged run
+    can still resume from its features (`TorchDevice.resumable`). Not folded: the bottleneck, whose
+    digest the edge must find the same; its encoder's values are untouched, only its input's
+    rounding moves, as it does between torch and ONNX Runtime."""
+    folded = fold_batchnorm(model.model)
+    for chain in (model.head.chain, model.tail.chain):
+        folded += fold_batchnorm(chain)
+        folded += fold_chain(chain.blocks, chain.taps)
+    for m in (model.model, model.head.chain, model.tail):
         m.to(memory_format=torch.channels_last)
     return folded
