@@ -4,9 +4,11 @@ Why this shape. The splitedge servicer stays the door (validation, auth, limits,
 health, metrics) and so does its scheduler: a device cannot tell which backend serves it, because
 every byte it receives is made by the same code. Only where a batch computes changes: the
 registry serves :class:`RayServedModel`, whose ``run_batch`` sends the batch to the model's
-deployment handle instead of running it in this process, and the scheduler keeps two batches in
-flight per replica compute thread (``2 x replicas x threads``): one computing, one waiting in the
-replica, so no thread idles for the trip between the processes after each batch. Ray Serve routes
+deployment handle instead of running it in this process, and the scheduler keeps as many batches
+in flight as the replicas have compute threads (``replicas x threads``), so a batch forms when a
+replica thread is free, as it forms when a worker is free in process (two per thread, tried in
+issue 16's fourth session, measured no faster side by side and formed smaller batches at low
+load: docs/ray.md). Ray Serve routes
 each batch to one of ``--replicas`` replicas (processes of a Ray cluster, here or on other machines). Each
 replica (:class:`TailReplica`) builds the model from its recipe name (plus ``--weights`` /
 ``--checkpoint``), one torch thread per compute thread, and runs what reaches it through
@@ -64,7 +66,6 @@ _SERVE_DEFAULTS = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRE
 _SERVE_REQUIRED = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
 _QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 _DEPLOYMENT = "tail"  # in each model's application, which is named after the model
-_CALLS_PER_THREAD = 2  # batches in flight per replica thread (`RayBackend.workers`)
 
 
 def ray_missing() -> str | None:
@@ -240,10 +241,8 @@ class RayBackend:
 
     @property
     def workers(self) -> int:
-        """Batches the server's scheduler keeps in flight: two per replica thread, one computing and one
-        waiting in the replica, so a thread that finishes a batch starts the next at once instead of
-        idling for the reply's and the next call's trip between the processes."""
-        return _CALLS_PER_THREAD * self.options.replicas * self.threads
+        """Batches the server's scheduler keeps in flight: one per replica thread."""
+        return self.options.replicas * self.threads
 
     def describe(self) -> str:
         b = self.batching
@@ -326,9 +325,8 @@ class RayBackend:
         per_replica = min(float(self.threads), cpus / self.options.replicas)
         return serve.deployment(TailReplica).options(
             name=_DEPLOYMENT, num_replicas=self.options.replicas, ray_actor_options={"num_cpus": per_replica},
-            # the batches the scheduler keeps in flight to this replica (`workers`): one computing, one waiting
-            max_ongoing_requests=_CALLS_PER_THREAD * self.threads, max_constructor_retry_count=1,
-            logging_config=_QUIET)
+            # room for a batch waiting while each thread computes one (the scheduler keeps `workers` in flight)
+            max_ongoing_requests=2 * self.threads, max_constructor_retry_count=1, logging_config=_QUIET)
 
     def _delete_apps(self) -> None:
         from ray import serve
