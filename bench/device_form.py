@@ -34,16 +34,21 @@ MODEL = "ssdlite300_mobilenet_v2_person"
 SPLITEDGE = [sys.executable, "-m", "split.dispatch"]
 
 
+def _call(cmd: list[str]) -> None:
+    """Run one splitedge command; on failure, stop with its own error output."""
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode:
+        raise SystemExit(f"device_form: {cmd[3]} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+
+
 def _one(form: str, tmp: Path, k: int) -> dict:
     prof = tmp / f"{form}-{k}.json"
     cmd = [*SPLITEDGE, "profile", "--model", MODEL, "--threads", "1", "--repeat", "20", "--out", str(prof)]
-    subprocess.run(cmd + (["--plain-model"] if form == "plain" else []), cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _call(cmd + (["--plain-model"] if form == "plain" else []))
     sim = tmp / f"sim-{form}-{k}"
-    subprocess.run([*SPLITEDGE, "simulate", "--model", MODEL, "--device-profile", str(prof), "--edge-profile", str(prof),
-                    "--trace", "const:1", "--policies", "local,split,offload", "--fps", "1", "--frames", "60",
-                    "--device-slowdown", "8", "--sweep-mbps", "0.01,100,41", "--out", str(sim)],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _call([*SPLITEDGE, "simulate", "--model", MODEL, "--device-profile", str(prof), "--edge-profile", str(prof),
+           "--trace", "const:1", "--policies", "local,split,offload", "--fps", "1", "--frames", "60",
+           "--device-slowdown", "8", "--sweep-mbps", "0.01,100,41", "--out", str(sim)])
     p = json.loads(prof.read_text())
     ms = p["sizes"][p["default_size"]]["ms"]
     wins = json.loads((sim / "run.json").read_text())["split_wins_mbps"]

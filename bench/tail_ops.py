@@ -18,7 +18,8 @@ Printed as one JSON object, also written to ``--out`` (default ``results/through
      "op_gain": {"4": {"conv_per_image": ..., ...}}, ...}
 
 ``gain`` is the frames/s one worker gains from the batch; ``op_gain`` the same per group, which
-says where the gain comes from and where none is to be had.
+says where the gain comes from and where none is to be had; ``convolution_calls_per_batch`` how
+many convolutions of one `decode_batch` call took each path.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ GROUPS = {
     "aten::native_batch_norm": "norm",
     "torchvision::nms": "nms",
 }
+CONVOLUTIONS = ("aten::_slow_conv2d_forward", "aten::mkldnn_convolution")
 
 
 def _ints(text: str) -> list[int]:
@@ -88,6 +90,7 @@ def measure(batches: list[int], rounds: int, calls: int) -> dict:
                   file=sys.stderr, flush=True)
 
     ops: dict[int, dict[str, float]] = {}
+    conv_calls: dict[int, dict[str, float]] = {}
     for b in batches:
         n = max(1, calls // b)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -97,6 +100,8 @@ def measure(batches: list[int], rounds: int, calls: int) -> dict:
         for event in prof.key_averages():
             key = GROUPS.get(event.key, "other")
             groups[key] = groups.get(key, 0.0) + event.self_cpu_time_total / 1e3 / (n * b)
+            if event.key in CONVOLUTIONS:  # how many convolutions take each path, per decode_batch call
+                conv_calls.setdefault(b, {})[event.key] = event.count / n
         ops[b] = {k: round(v, 3) for k, v in sorted(groups.items())}
 
     first = batches[0]
@@ -108,6 +113,7 @@ def measure(batches: list[int], rounds: int, calls: int) -> dict:
         "wall_rounds": {str(b): [round(x, 3) for x in v] for b, v in wall.items()},
         "gain": {str(b): round(med[first] / med[b], 3) for b in batches[1:]},
         "ops_ms_per_frame": {str(b): g for b, g in ops.items()},
+        "convolution_calls_per_batch": {str(b): c for b, c in conv_calls.items()},
         "op_gain": {str(b): {k: round(ops[first][k] / v, 3) for k, v in ops[b].items() if v > 0 and k in ops[first]}
                     for b in batches[1:]},
     }

@@ -237,6 +237,11 @@ def _auto_costs(model: Any, device: Any, args: argparse.Namespace, frames: Itera
         profile = read_profile(args.device_profile)
         if profile.get("model") != model.name:
             raise ValueError(f"profile {args.device_profile} is for model {profile.get('model')!r}, not {model.name!r}")
+        timed, running = profile.get("form", "plain"), "plain" if args.plain_model else "device"
+        if device is None and timed != running:  # the torch runtime: the two forms are about 2x apart
+            print(f"auto: warning: {args.device_profile} timed the {timed} form, this device runs the {running} form "
+                  "(docs/device-form.md); its device times will be off until local frames' measured times rescale them",
+                  file=sys.stderr)
     else:
         first = next(frames, None)
         if first is None:

@@ -20,6 +20,7 @@ fold on the lean device, and the bytes the two send agree but for a rare roundin
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d
+
+if TYPE_CHECKING:
+    from split.api import SplitModel
 
 __all__ = ["device_form", "edge_form", "fold_batchnorm", "fold_chain"]
 
@@ -98,7 +102,9 @@ def edge_form(model) -> int:
 
     Folded: the network (what the full model runs), then the pairs the tail's stages cut apart
     (`fold_chain`). The head keeps the plain network: before the fold it gets its own copy of the
-    layers it shares with the network, so what this process encodes is what a device sends.
+    layers it shares with the network, so what this process encodes stays the plain head's, the
+    reference the exported head and the lean client are checked against (a torch device folds its
+    own head: `device_form`).
     Not folded: the bottleneck, whose state's digest a device checks against its own
     (`SplitModel.bottleneck_digest`); its decoder is laid out channels-last only, which keeps every
     value and so the digest."""
@@ -113,14 +119,17 @@ def edge_form(model) -> int:
     return folded
 
 
-def device_form(model) -> int:
+def device_form(model: SplitModel) -> int:
     """Put a `SplitModel` in a torch device's form, in place; returns the BatchNorms folded. Call it once,
     after loading its checkpoint, never on a model that trains.
 
     As `edge_form`, and the head's stages too: the network (local mode, and a hedged run's resume),
     then each chain's own pairs (a checkpoint's head is its own modules, not the network's). A head
-    made of the network's modules folds with it in place and stays those modules, so a hedged run
-    can still resume from its features (`TorchDevice.resumable`). Not folded: the bottleneck, whose
+    made of the network's whole blocks folds with them in place and stays those modules, so a hedged
+    run can still resume from its features (`TorchDevice.resumable`). A head stage that is a bare
+    convolution or norm (a split inside `features.14.conv`) gets a folded copy instead, the network
+    another: the outputs stay right, but `resumable` is then False and a hedged run starts from the
+    image. Not folded: the bottleneck, whose
     digest the edge must find the same; its encoder's values are untouched, only its input's
     rounding moves, as it does between torch and ONNX Runtime."""
     folded = fold_batchnorm(model.model)

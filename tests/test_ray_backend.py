@@ -96,8 +96,8 @@ class _FakeDeployment:
 
 def test_the_scheduler_keeps_one_batch_in_flight_per_replica_thread():
     """One batch per replica thread (two measured no faster side by side, docs/ray.md): the server's
-    scheduler sends that many, and each replica has room for them all and one waiting per thread, so
-    Serve never queues a batch the scheduler sent in the caller."""
+    scheduler sends that many, and the replicas together admit twice that, so a batch waits in the
+    caller only when Serve's router piles more than two per thread on one replica."""
     for replicas, threads in ((1, 2), (2, 1), (3, 4)):
         backend = RayBackend([ModelSpec(MODEL)], RayOptions(replicas=replicas, threads=threads))
         deployment = _FakeDeployment()
@@ -107,7 +107,8 @@ def test_the_scheduler_keeps_one_batch_in_flight_per_replica_thread():
         sent = backend.server_options(ServerOptions()).batching.workers
         assert sent == backend.workers == replicas * threads
         assert deployment.options_given["num_replicas"] == replicas
-        assert deployment.options_given["max_ongoing_requests"] == 2 * threads
+        assert deployment.options_given["max_ongoing_requests"] >= threads  # one replica can take all its threads' batches
+        assert replicas * deployment.options_given["max_ongoing_requests"] >= 2 * sent
         assert f"{sent} batches in flight" in backend.describe()
 
 
