@@ -157,6 +157,7 @@ class LinkEmulator:
         self._clock_started = False
         self._conns: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._resolved: str | None = None  # the upstream's address, from the last connection by name
 
     @property
     def bound_port(self) -> int:
@@ -221,6 +222,25 @@ class LinkEmulator:
         finally:
             self._conns.discard(task)
 
+    async def _connect_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new upstream connection, to the address the last one by name resolved to.
+
+        Why: resolving the name for every connection put the container network's DNS on every
+        connect. In `make compose-test`, after the health check had resolved `edge` in 3 ms, each of
+        the device's connects waited 18-30 s for it and timed out. The address is looked up again
+        when it stops answering (a restarted upstream may have another)."""
+        host, port = self.upstream
+        if self._resolved is not None:
+            try:
+                return await asyncio.open_connection(self._resolved, port)
+            except OSError:
+                self._resolved = None
+        reader, writer = await asyncio.open_connection(host, port)
+        peer = writer.get_extra_info("peername")
+        if peer:
+            self._resolved = str(peer[0])
+        return reader, writer
+
     async def _proxy(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         """Pipe one client connection to a new upstream one. Each connection is logged when it opens and
         when it ends, with the bytes each way (`splitedge emulate` prints them): a client that cannot get
@@ -228,7 +248,7 @@ class LinkEmulator:
         n, peer, t0 = next(self._ids), c_writer.get_extra_info("peername"), time.monotonic()
         host, port = self.upstream
         try:
-            u_reader, u_writer = await asyncio.open_connection(host, port)
+            u_reader, u_writer = await self._connect_upstream()
         except OSError as exc:
             log.warning("connection %d from %s: cannot reach the upstream %s:%d (%s); closed", n, _peer(peer), host,
                         port, exc.strerror or exc)

@@ -108,6 +108,35 @@ def test_echo_with_half_close_preserves_bytes_and_order() -> None:
     assert elapsed >= 0.95 * lower  # shaped both ways, never faster than the uplink alone
 
 
+def test_the_upstream_name_is_resolved_once_and_again_when_its_address_stops_answering() -> None:
+    """The upstream's name is looked up for the first connection only (a container network's DNS
+    stalled every connect in compose-test); when that address refuses, the name is looked up again."""
+
+    async def echo_once(port: int) -> bytes:
+        reader, writer = await asyncio.open_connection(LOCAL, port)
+        writer.write(b"ping")
+        writer.write_eof()
+        got = await asyncio.wait_for(reader.read(), timeout=5)
+        writer.close()
+        return got
+
+    async def run() -> list:
+        server, port = await start_echo()
+        emu = LinkEmulator((LOCAL, 0), ("localhost", port), Link(None), Link(None))
+        seen = []
+        async with server, emu:
+            seen.append(await echo_once(emu.bound_port))
+            seen.append(emu._resolved)  # the name's address, kept
+            emu._resolved = "127.0.0.2"  # an address where nothing listens on that port
+            seen.append(await echo_once(emu.bound_port))
+            seen.append(emu._resolved)  # looked up again after the refusal
+        return seen
+
+    first, kept, second, again = asyncio.run(run())
+    assert first == second == b"ping"
+    assert kept in ("127.0.0.1", "::1") and again in ("127.0.0.1", "::1")
+
+
 def test_unreachable_upstream_closes_client() -> None:
     async def run() -> bytes:
         with socket.socket() as s:  # a port nobody listens on
